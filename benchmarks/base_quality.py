@@ -1,0 +1,124 @@
+"""Quality of a base diffusion model, as the judge classifier sees it.
+
+    python -m benchmarks.base_quality --dataset mnist                 # the shipped model, default sampler
+    python -m benchmarks.base_quality --dataset mnist --sampler ddpm --steps 1000
+    python -m benchmarks.base_quality --dataset mnist --model /path/to/ema.safetensors
+
+Prints and writes (runs/benchmarks/base_quality_<dataset>_<sampler><steps>.json):
+* share of samples the judge classifies with confidence >= 0.9 (the bar: MNIST >= 0.90, Fashion >= 0.75);
+* each class's share of the samples (the bar: every class in [0.05, 0.15]);
+* Frechet distance in the judge's feature space between the samples and held-out test images, next to the
+  same distance between training and test images (what a perfect model would score at this sample size);
+* agreement of the user's classifier with the judge on the samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from papa_env.data import class_names, load_dataset
+from papa_env.diffusion import DEFAULT_ETA, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER, sample
+from papa_env.metrics import embed, frechet_distance, judge
+from papa_env.models import load_model, load_pretrained
+from papa_env.viz import save_grid
+
+BARS = {"mnist": 0.90, "fashion-mnist": 0.75}
+
+
+def measure(
+    dataset: str,
+    unet: torch.nn.Module,
+    n: int = 1000,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_NUM_STEPS,
+    eta: float = DEFAULT_ETA,
+    seed: int = 0,
+    data_root: str | None = None,
+) -> dict:
+    """Sample ``n`` images and score them; returns a flat dict of figures (and the samples under 'images')."""
+    judge_net = load_pretrained(f"{dataset}-judge")
+    user_net = load_pretrained(f"{dataset}-classifier")
+    t0 = time.perf_counter()
+    images = sample(
+        unet, n, sampler=sampler, num_steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed), progress=True
+    )
+    secs = time.perf_counter() - t0
+    rep = judge(judge_net, images)
+    user = judge(user_net, images)
+    test = load_dataset(dataset, "test", root=data_root)
+    train = load_dataset(dataset, "train", root=data_root)
+    g = torch.Generator().manual_seed(seed + 1)
+    test_x = test.images[torch.randperm(len(test.images), generator=g)[:n]]
+    train_x = train.images[torch.randperm(len(train.images), generator=g)[:n]]
+    f_samples, f_test, f_train = (embed(judge_net, x) for x in (images, test_x, train_x))
+    return dict(
+        dataset=dataset,
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        seed=seed,
+        confident_fraction=rep.confident_fraction(0.9),
+        mean_confidence=float(rep.confidence.mean()),
+        class_shares=[round(float(s), 4) for s in rep.class_shares],
+        min_class_share=float(rep.class_shares.min()),
+        max_class_share=float(rep.class_shares.max()),
+        frechet_judge=frechet_distance(f_samples, f_test),
+        frechet_judge_train_vs_test=frechet_distance(f_train, f_test),
+        test_confident_fraction=judge(judge_net, test_x).confident_fraction(0.9),
+        user_judge_agreement=float((rep.labels == user.labels).float().mean()),
+        sampling_seconds=secs,
+        images=images,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(BARS), default="mnist")
+    p.add_argument("--model", default=None, help="a .safetensors UNet (default: the shipped <dataset>-ddpm)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=DEFAULT_SAMPLER)
+    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS)
+    p.add_argument("--eta", type=float, default=DEFAULT_ETA)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default="runs/benchmarks")
+    a = p.parse_args(argv)
+    unet = load_model(a.model) if a.model else load_pretrained(f"{a.dataset}-ddpm")
+    r = measure(a.dataset, unet, a.n, a.sampler, a.steps, a.eta, a.seed, a.data_root)
+    images = r.pop("images")
+    tag = f"base_quality_{a.dataset}_{a.sampler}{a.steps}" + ("" if a.sampler == "ddpm" else f"_eta{a.eta:g}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps({**r, "model": a.model or f"{a.dataset}-ddpm"}, indent=2))
+    save_grid(images[:100], out / f"{tag}.png", nrow=10)
+    bar = BARS[a.dataset]
+    names = class_names(a.dataset)
+    ok_conf = r["confident_fraction"] >= bar
+    ok_share = 0.05 <= r["min_class_share"] and r["max_class_share"] <= 0.15
+    print(f"\n{a.dataset}: {a.n} samples, {a.sampler} {a.steps} steps (eta {a.eta:g}), {r['sampling_seconds']:.1f} s")
+    print(
+        f"  judge confidence >= 0.9 : {r['confident_fraction']:.3f}  (bar {bar:.2f}: {'ok' if ok_conf else 'NOT MET'};"
+        f" real test images: {r['test_confident_fraction']:.3f})"
+    )
+    print(
+        f"  class shares            : {r['min_class_share']:.3f} .. {r['max_class_share']:.3f}"
+        f"  (bar 0.05..0.15: {'ok' if ok_share else 'NOT MET'})"
+    )
+    print("    " + "  ".join(f"{names[c]}={s:.3f}" for c, s in enumerate(r["class_shares"])))
+    print(
+        f"  Frechet (judge features): {r['frechet_judge']:.2f}  (train vs test images: "
+        f"{r['frechet_judge_train_vs_test']:.2f})"
+    )
+    print(f"  user classifier agrees with judge on {r['user_judge_agreement']:.3f} of samples")
+    print(f"  wrote {out / (tag + '.json')} and {out / (tag + '.png')}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

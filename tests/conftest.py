@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny UNet (diffusers style), the offline dataset root, and a network guard."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from papa_env.models import make_unet
+
+TINY_UNET = dict(
+    block_out_channels=(4, 8, 8),
+    norm_num_groups=2,
+    attention_head_dim=4,
+)
+"""A ~10k-parameter UNet2DModel at 28x28 with the shipped layout: trains in seconds on a CPU."""
+
+
+@pytest.fixture
+def tiny_unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return make_unet(**TINY_UNET).eval()
+
+
+def _data_root() -> Path | None:
+    root = os.environ.get("PAPA_DATA_DIR")
+    if root and (Path(root) / "MNIST" / "raw").is_dir() and (Path(root) / "FashionMNIST" / "raw").is_dir():
+        return Path(root)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The full MNIST / Fashion-MNIST root (PAPA_DATA_DIR); tests that need it skip without it."""
+    root = _data_root()
+    if root is None:
+        pytest.skip("full datasets not available: set PAPA_DATA_DIR to a torchvision-layout root")
+    return root
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

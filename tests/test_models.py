@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from papa_env import load_pretrained, sample
+from papa_env.models import (
+    PRETRAINED,
+    JudgeCNN,
+    UserCNN,
+    load_model,
+    make_unet,
+    model_metadata,
+    pretrained_path,
+    save_model,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_every_shipped_model_loads_offline_and_is_small(name: str, no_network) -> None:
+    model = load_pretrained(name)
+    assert not model.training
+    assert pretrained_path(name).stat().st_size <= 10 * 2**20
+    meta = model_metadata(pretrained_path(name))
+    assert meta["dataset"] in ("mnist", "fashion-mnist")
+    if name.endswith("-ddpm"):
+        assert model.config.sample_size == 28 and model.config.in_channels == 1
+    else:
+        out = model(torch.zeros(2, 1, 28, 28))
+        assert out.shape == (2, 10)
+        assert 0 < float(meta["test_accuracy"]) <= 1
+
+
+@pytest.mark.parametrize("name", ["mnist-ddpm", "fashion-mnist-ddpm"])
+def test_shipped_ddpm_samples_shape_range_and_seed(name: str, no_network) -> None:
+    unet = load_pretrained(name)
+    a = sample(unet, 3, num_steps=4, generator=torch.Generator().manual_seed(7))
+    b = sample(unet, 3, num_steps=4, generator=torch.Generator().manual_seed(7))
+    c = sample(unet, 3, num_steps=4, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (3, 1, 28, 28) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_unknown_pretrained_name() -> None:
+    with pytest.raises(ValueError, match="expected one of"):
+        load_pretrained("cifar-ddpm")
+
+
+@pytest.mark.parametrize(
+    "factory", [UserCNN, JudgeCNN, lambda: make_unet(block_out_channels=(4, 8, 8), norm_num_groups=2)]
+)
+def test_save_load_round_trip(tmp_path, factory) -> None:
+    torch.manual_seed(0)
+    model = factory().eval()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path, note="hello")
+    loaded = load_model(path)
+    assert type(loaded) is type(model)
+    assert model_metadata(path)["note"] == "hello"
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_load_model_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "absent.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="config"):
+        load_model(tmp_path / "bare.safetensors")
+
+
+def test_judge_and_user_architectures_differ() -> None:
+    user, judge = load_pretrained("mnist-classifier"), load_pretrained("mnist-judge")
+    assert type(user) is not type(judge)
+    assert (
+        model_metadata(pretrained_path("mnist-classifier"))["seed"]
+        != model_metadata(pretrained_path("mnist-judge"))["seed"]
+    )
