@@ -51,3 +51,24 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> torch.nn.Module:
+    """A randomly initialised CLIP (clip.model.CLIP) small enough for CPU tests: no weights needed."""
+    pytest.importorskip("clip", reason="the CLIP user needs the clip extra")
+    from clip.model import CLIP
+
+    torch.manual_seed(0)
+    return CLIP(
+        embed_dim=16,
+        image_resolution=32,
+        vision_layers=1,
+        vision_width=64,
+        vision_patch_size=8,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=32,
+        transformer_heads=2,
+        transformer_layers=1,
+    ).eval()
