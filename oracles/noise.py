@@ -8,12 +8,12 @@ skip -> equal -> rational / Bradley-Terry -> mistake, which is
 
 (innermost first). All randomness comes from the ``rng`` the env passes (its ``np_random``).
 
-| wrapper | single image (like / dislike) | pair (which of two) |
-|---|---|---|
-| ``Skips(margin)`` | 0 when the utility is within ``margin`` of the threshold (unsure) | 0 when both utilities are below the threshold (nothing worth judging) |
-| ``Ties(margin)`` | unchanged | 0 when the utilities differ by less than ``margin`` |
-| ``BradleyTerry(beta)`` | like with prob. sigmoid(beta (u - threshold)) | first with prob. sigmoid(beta (u1 - u2)) |
-| ``Mistakes(eps)`` | a non-zero reply flips with prob. eps | the same |
+* ``Skips(margin)``: a single image gets 0 when its utility is within ``margin`` of the threshold
+  (unsure); a pair gets 0 when both utilities are below the threshold (nothing worth judging).
+* ``Ties(margin)``: a pair gets 0 when the utilities differ by less than ``margin``; single images unchanged.
+* ``BradleyTerry(beta)``: like with probability sigmoid(beta (u - threshold)); first of a pair with
+  probability sigmoid(beta (u1 - u2)).
+* ``Mistakes(eps)``: each non-zero reply flips with probability eps.
 """
 
 from __future__ import annotations
