@@ -1,12 +1,15 @@
 """Sampling from the base diffusion models with diffusers' own schedulers.
 
-``sample(unet, n, sampler="ddim", num_steps=20)`` is the one entry point; ``sampler="ddpm"`` with
-``num_steps=1000`` is the authors' ancestral sampler. Everything here runs in ``torch.no_grad``.
+``sample(unet, n, sampler="ddim", num_steps=20)`` draws images; ``sampler="ddpm"`` with ``num_steps=1000``
+is the authors' ancestral sampler. The second half is the shared math of the agents: the denoising MDP
+(``sample_trajectory``, ``ddim_step_with_logprob``: per-step Gaussian log-probs, for DDPO / D3PO) and
+PAPA's ELBO weights (``elbo_weights``). Written once here, tested against diffusers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -96,3 +99,148 @@ def sample(
         out.append(x.clamp(-1, 1))
     unet.train(was_training)
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Denoising as the agent's MDP: per-step Gaussian log-probs (for DDPO / D3PO) and the ELBO weights (PAPA)
+# --------------------------------------------------------------------------------------------------
+
+
+def elbo_weights(scheduler) -> torch.Tensor:
+    """PAPA's per-timestep weights w_t of ||eps_theta(x_t, t) - eps||^2, shape (T,).
+
+    1. For t >= 1 (0-indexed): w_t = beta_t / (alpha_t (1 - abar_{t-1})), the authors' weight: twice the
+       eps-form KL weight of the DDPM bound with posterior variance beta_tilde_t (about 1.2 at t = 1 and
+       0.01-0.02 for t >= 100 under the linear schedule).
+    2. For t = 0 the posterior variance beta_tilde_0 is 0 and that formula divides by zero (the authors'
+       code indexes abar_{-1}, which wraps to abar_{T-1}: a bug we do not copy). We use the DDPM decoder's
+       variance beta_0 instead: w_0 = beta_0 / (alpha_0 (1 - abar_0)) = 1 / alpha_0.
+    """
+    betas = scheduler.betas.double()
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, 0)
+    abar_prev = torch.cat([abar.new_zeros(1), abar[:-1]])  # placeholder at t = 0, replaced below
+    w = betas / (alphas * (1 - abar_prev))
+    w[0] = betas[0] / (alphas[0] * (1 - abar[0]))
+    return w.float()
+
+
+def ddim_step_with_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One DDIM step that also returns the Gaussian log-prob of ``prev_sample``.
+
+    Follows ``DDIMScheduler.step`` of diffusers 0.42 (epsilon prediction, ``clip_sample``, no thresholding)
+    and is tested ``allclose`` against it; differentiable in ``model_output``.
+
+    1. x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clipped to [-1, 1]   (DDIM eq. 12)
+    2. sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)   (DDIM eq. 16)
+    3. mu = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps
+    4. x_prev = mu + sigma_t z (drawn with ``generator`` unless ``prev_sample`` is given)
+    5. log p(x_prev | x_t) = mean over pixels of log N(x_prev; mu, sigma_t^2)   (DDPO's convention)
+
+    Args:
+        scheduler: a ``DDIMScheduler`` with ``set_timesteps`` called.
+        model_output: (B, C, H, W) predicted noise eps_theta(x_t, t).
+        timestep: the current t.
+        sample: (B, C, H, W) x_t.
+        eta: DDIM noise scale; > 0 for a log-prob.
+        generator: draws z when ``prev_sample`` is None.
+        prev_sample: (B, C, H, W) a given x_{t-1} whose log-prob to compute (e.g. a stored trajectory).
+
+    Returns:
+        (prev_sample, log_prob (B,), sigma_t). When sigma_t is 0 (the last step, abar_prev = 1) the step is
+        deterministic and log_prob is 0 (a point mass: no gradient flows through it).
+    """
+    t = int(timestep)
+    step_size = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    t_prev = t - step_size
+    abar_t = scheduler.alphas_cumprod[t]
+    abar_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()  # 1.
+    if scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # 2.
+    std = eta * variance.sqrt()
+    mean = abar_prev.sqrt() * x0 + (1 - abar_prev - std**2).sqrt() * model_output  # 3.
+    if prev_sample is None:  # 4.
+        if eta > 0:
+            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype)
+            prev_sample = mean + std * noise
+        else:
+            prev_sample = mean
+    if std > 0:  # 5.
+        logp = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+        log_prob = logp.mean(dim=tuple(range(1, logp.ndim)))
+    else:
+        log_prob = torch.zeros(sample.shape[0], dtype=sample.dtype)
+    return prev_sample, log_prob, std
+
+
+class Trajectory(NamedTuple):
+    """A batch of denoising trajectories.
+
+    Attributes:
+        images: (B, C, H, W) the final samples, clamped to [-1, 1].
+        latents: (S + 1, B, C, H, W) x_T, ..., x_0 as sampled (unclamped).
+        timesteps: (S,) int64 the t of each step.
+        log_probs: (S, B) log p(x_{t-1} | x_t) under the sampling model (0 at deterministic steps).
+        stochastic: (S,) bool, which steps drew noise (their log-probs are meaningful).
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    log_probs: torch.Tensor
+    stochastic: torch.Tensor
+
+
+@torch.no_grad()
+def sample_trajectory(
+    unet: torch.nn.Module,
+    n: int,
+    *,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    eta: float = DEFAULT_ETA,
+    generator: torch.Generator | None = None,
+    initial_noise: torch.Tensor | None = None,
+) -> Trajectory:
+    """DDIM-sample ``n`` trajectories, keeping every latent and per-step log-prob (the agent's MDP).
+
+    Args:
+        unet: an epsilon-prediction model ``unet(x, t).sample``.
+        n: batch size (ignored when ``initial_noise`` is given).
+        num_steps: DDIM steps S.
+        eta: DDIM noise scale (1.0: DDPO's choice).
+        generator: for x_T and every step's noise.
+        initial_noise: (B, C, H, W) x_T to start from (e.g. D3PO's shared start of a pair).
+    """
+    sched = make_sampling_scheduler("ddim", num_steps)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = (
+        initial_noise.clone()
+        if initial_noise is not None
+        else torch.randn((n, unet.config.in_channels, *size), generator=generator)
+    )
+    latents, log_probs, stochastic = [x], [], []
+    for t in sched.timesteps:
+        eps = unet(x, t.expand(len(x))).sample
+        x, logp, std = ddim_step_with_logprob(sched, eps, t, x, eta, generator=generator)
+        latents.append(x)
+        log_probs.append(logp)
+        stochastic.append(bool(std > 0))
+    return Trajectory(
+        images=x.clamp(-1, 1),
+        latents=torch.stack(latents),
+        timesteps=sched.timesteps.clone(),
+        log_probs=torch.stack(log_probs),
+        stochastic=torch.tensor(stochastic),
+    )

@@ -65,3 +65,73 @@ def test_bad_sampler_arguments(tiny_unet, kwargs, match) -> None:
         sample(tiny_unet, 1, **kwargs)
     with pytest.raises(ValueError, match="n must be"):
         sample(tiny_unet, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# the agents' shared math
+
+
+def test_elbo_weights_against_diffusers_posterior_variance() -> None:
+    from papa_env.diffusion import elbo_weights
+
+    s = make_scheduler()
+    w = elbo_weights(s)
+    assert w.shape == (1000,) and torch.isfinite(w).all()
+    # for t >= 1: beta_t^2 / (beta_tilde_t alpha_t (1 - abar_t)), beta_tilde from DDPMScheduler._get_variance
+    t = torch.arange(1, 1000)
+    beta_tilde = torch.stack([s._get_variance(int(i)) for i in t]).double()
+    expected = s.betas[t].double() ** 2 / (beta_tilde * s.alphas[t].double() * (1 - s.alphas_cumprod[t].double()))
+    assert torch.allclose(w[1:].double(), expected, rtol=1e-3)  # diffusers keeps its schedule in float32
+    assert w[0] == pytest.approx(1 / s.alphas[0].item(), rel=1e-6)  # no wrap-around to abar_{T-1}
+    assert w[1] == pytest.approx(1.2, abs=0.01) and 0.005 < w[100:].min() and w[100:].max() < 0.03
+
+
+@pytest.mark.parametrize("steps", [4, 20])
+def test_ddim_step_with_logprob_matches_diffusers(tiny_unet, steps: int) -> None:
+    from papa_env.diffusion import ddim_step_with_logprob
+
+    sched = make_sampling_scheduler("ddim", steps)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for t in sched.timesteps:
+        with torch.no_grad():
+            eps = tiny_unet(x, t.expand(3)).sample
+        ref = sched.step(eps, t, x, eta=1.0, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        ours, logp, std = ddim_step_with_logprob(sched, eps, t, x, 1.0, generator=torch.Generator().manual_seed(int(t)))
+        assert torch.allclose(ours, ref, atol=1e-5)
+        if std > 0:  # log-prob equals torch's Normal density, averaged over pixels
+            mean = ours - std * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(t)))
+            expected = torch.distributions.Normal(mean, std).log_prob(ours).mean((1, 2, 3))
+            assert torch.allclose(logp, expected, atol=1e-4)
+        else:
+            assert t == sched.timesteps[-1] and (logp == 0).all()
+        x = ours
+
+
+def test_logprob_is_differentiable_and_peaks_at_the_mean(tiny_unet) -> None:
+    from papa_env.diffusion import ddim_step_with_logprob
+
+    sched = make_sampling_scheduler("ddim", 10)
+    x = torch.randn(2, 1, 28, 28)
+    eps = torch.zeros(2, 1, 28, 28, requires_grad=True)
+    prev, _, _ = ddim_step_with_logprob(sched, eps.detach(), 499, x, 1.0, generator=torch.Generator().manual_seed(0))
+    _, logp, _ = ddim_step_with_logprob(sched, eps, 499, x, 1.0, prev_sample=prev)
+    logp.sum().backward()
+    assert eps.grad is not None and eps.grad.abs().sum() > 0
+    mean, _, _ = ddim_step_with_logprob(sched, eps.detach(), 499, x, 0.0)
+    _, logp_mean, _ = ddim_step_with_logprob(sched, eps.detach(), 499, x, 1.0, prev_sample=mean)
+    assert (logp_mean > logp.detach()).all()
+
+
+def test_sample_trajectory_matches_sample_and_keeps_latents(tiny_unet) -> None:
+    from papa_env.diffusion import sample_trajectory
+
+    traj = sample_trajectory(tiny_unet, 2, num_steps=5, eta=1.0, generator=torch.Generator().manual_seed(9))
+    ref = sample(tiny_unet, 2, num_steps=5, eta=1.0, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(traj.images, ref, atol=1e-5)
+    assert traj.latents.shape == (6, 2, 1, 28, 28) and traj.log_probs.shape == (5, 2)
+    assert traj.stochastic.tolist() == [True] * 4 + [False]
+    assert torch.isfinite(traj.log_probs).all()
+    # starting two trajectories from the same x_T (D3PO's pairs): same start, different ends
+    x_t = traj.latents[0, :1].expand(2, -1, -1, -1)
+    pair = sample_trajectory(tiny_unet, 2, num_steps=5, initial_noise=x_t, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(pair.latents[0, 0], pair.latents[0, 1]) and not torch.allclose(pair.images[0], pair.images[1])
