@@ -244,3 +244,32 @@ def sample_trajectory(
         log_probs=torch.stack(log_probs),
         stochastic=torch.tensor(stochastic),
     )
+
+
+class SwitchedUNet(torch.nn.Module):
+    """EPAPA's denoiser: ``tuned`` for timesteps t >= k, the frozen ``base`` below k.
+
+    Quacks like a ``UNet2DModel`` (``.config``, ``forward(x, t).sample``), so :func:`sample` and
+    :func:`sample_trajectory` use it unchanged. Timesteps may differ across the batch.
+    """
+
+    def __init__(self, tuned: torch.nn.Module, base: torch.nn.Module, k: int) -> None:
+        super().__init__()
+        if not 0 <= k < SCHEDULER_CONFIG["num_train_timesteps"]:
+            raise ValueError(f"k must be in [0, {SCHEDULER_CONFIG['num_train_timesteps']}), got {k!r}")
+        self.tuned, self.base, self.k = tuned, base, int(k)
+        self.config = tuned.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int):
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        t = torch.as_tensor(t).expand(len(x)) if torch.as_tensor(t).ndim == 0 else torch.as_tensor(t)
+        high = t >= self.k
+        if bool(high.all()):
+            return self.tuned(x, t)
+        if not bool(high.any()):
+            return self.base(x, t)
+        out = torch.empty_like(x)
+        out[high] = self.tuned(x[high], t[high]).sample
+        out[~high] = self.base(x[~high], t[~high]).sample
+        return UNet2DOutput(sample=out)

@@ -1,8 +1,10 @@
 """Training the shipped models: the base DDPMs and the classifiers (user's and judge).
 
-Both trainers are resumable: every ``checkpoint_every`` steps (and on Ctrl-C) they write
-``<out>/checkpoint.pt`` with the model, EMA, optimizer, RNG state and wall time so far, atomically;
-running the same command again continues where it stopped. ``papa pretrain ddpm --help`` lists the flags.
+The DDPM trainer is resumable: every ``checkpoint_every`` steps (and on Ctrl-C or SIGTERM) it writes
+``<out>/checkpoint.pt`` with the model, EMA, optimizer, RNG state and wall time so far,
+atomically;
+running the same command again continues where it stopped (classifiers train in minutes: just rerun).
+``papa pretrain ddpm --help`` lists the flags.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,6 +144,11 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
             ema_decay=str(cfg.ema_decay),
         )
 
+    def on_sigterm(signum, frame):  # a scheduler's preemption: checkpoint like Ctrl-C
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     unet.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"ddpm {cfg.dataset}", dynamic_ncols=True)
     try:
@@ -177,6 +186,8 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
         raise
     finally:
         bar.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if cfg.export:
         Path(cfg.export).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.export).write_bytes(ema_path.read_bytes())

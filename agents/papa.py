@@ -1,0 +1,249 @@
+"""PAPA and EPAPA: personalized alignment of a diffusion model directly from a user's replies.
+
+Per interaction (arXiv 2607.00486; the authors' tools/train_papa.py): sample K queries from the current
+model, read the replies y, and for each query x0 minimise
+
+    pref_coef * y * sum_{t >= k} w_t ||eps_theta(x_t, t) - eps||^2                  (ELBO-weighted denoising)
+  + model_coef * [y = +1] * mean_t ||eps_theta(x_t, t) - eps_base(x_t, t)||^2           (stay near the base)
+
+with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (one eps per query, shared across t) and
+w_t = :func:`papa_env.diffusion.elbo_weights`. Liked queries become more likely, disliked ones less.
+EPAPA (``k > 0``): the tuned model trains and samples only t >= k; the frozen base denoises t < k.
+
+``PRESETS["faithful"]`` is the authors' recipe (full sum over all T timesteps, batch 1, Adam lr 1e-5,
+coefficients 0.1 / 0.009, 1000-step DDPM sampling). The other presets replace the sum over timesteps by an
+unbiased Monte-Carlo estimate and sample with few DDIM steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from papa_env.agents.base import Agent
+
+from papa_env.diffusion import SwitchedUNet, elbo_weights, sample
+from papa_env.models import SCHEDULER_CONFIG, make_scheduler
+
+T = SCHEDULER_CONFIG["num_train_timesteps"]
+
+
+@dataclass
+class PAPAConfig:
+    """PAPA / EPAPA settings."""
+
+    lr: float = 1e-5
+    """Adam learning rate (the authors': 1e-5)"""
+    pref_coef: float = 0.1
+    """weight of the reply-signed ELBO term (the authors': 0.1)"""
+    model_coef: float = 0.009
+    """weight of the stay-near-the-base term on liked queries (the authors': 0.009)"""
+    full_exploitation: bool = True
+    """replies are +1 / -1; False: dislikes count 0 (only likes push), the authors' {+1, 0} variant"""
+    k: int = 0
+    """EPAPA: tune and sample the tuned model only for t >= k (0 = PAPA; the authors' EPAPA: 400)"""
+    timesteps_per_image: int | None = 32
+    """Monte-Carlo timesteps per query for the sum over t (None = the full sum over all T - k timesteps)"""
+    batch_size: int = 1
+    """queries per optimizer step (the authors': 1, i.e. K steps per interaction)"""
+    queries_per_step: int = 10
+    """K, queries per interaction (must match the env's)"""
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    """sampler of queries and evaluation samples"""
+    num_sampling_steps: int = 20
+    """denoising steps of the sampler (the authors': 1000-step DDPM)"""
+    eta: float = 1.0
+    """DDIM noise scale"""
+    grad_clip: float | None = None
+    """max gradient norm (None: no clipping, as the authors)"""
+    chunk: int = 250
+    """rows (query x timestep) per forward pass; bounds memory for the full sum"""
+    seed: int = 0
+    """seed of the loss's noise and timestep draws"""
+
+
+PRESETS: dict[str, PAPAConfig] = {
+    "faithful": PAPAConfig(timesteps_per_image=None, sampler="ddpm", num_sampling_steps=1000),
+    "fast": PAPAConfig(),
+}
+PRESETS["faithful-epapa"] = replace(PRESETS["faithful"], k=400)
+PRESETS["epapa"] = replace(PRESETS["fast"], k=400)
+
+
+# ALGO LOGIC: the loss --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _schedule() -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_t, abar_t), each (T,): the ELBO weights and the cumulative alphas of the base schedule."""
+    sched = make_scheduler()
+    return elbo_weights(sched), sched.alphas_cumprod
+
+
+def reply_weights(replies: np.ndarray | torch.Tensor, full_exploitation: bool) -> torch.Tensor:
+    """Replies (K,) in {+1, -1, 0} -> the sign y of the ELBO term: +1 like, -1 (or 0) dislike, 0 skip."""
+    y = torch.as_tensor(np.asarray(replies), dtype=torch.float32)
+    if not bool(((y == 1) | (y == -1) | (y == 0)).all()):
+        raise ValueError(f"replies must be in {{+1, -1, 0}}, got {y.tolist()}")
+    return y if full_exploitation else y.clamp_min(0)
+
+
+def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Timesteps for each query and the factor that makes the sum over them unbiased.
+
+    Returns ((n_images, m) int64 timesteps in [k, T), scale) with scale * sum over the m draws an unbiased
+    estimate of the sum over all T - k timesteps (scale = 1 and m = T - k for the full sum).
+    """
+    span = T - cfg.k
+    if cfg.timesteps_per_image is None:
+        return torch.arange(cfg.k, T).expand(n_images, -1), 1.0
+    m = cfg.timesteps_per_image
+    return torch.randint(cfg.k, T, (n_images, m), generator=generator), span / m
+
+
+def papa_loss(
+    unet: torch.nn.Module,
+    base: torch.nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    scale: float,
+    cfg: PAPAConfig,
+    backward: bool = False,
+) -> dict[str, float]:
+    """PAPA's loss for a batch of queries, summed over its (query, timestep) rows and averaged over queries.
+
+    Args:
+        unet: the model being tuned; base: the frozen base model.
+        x0: (B, 1, 28, 28) queries; y: (B,) reply signs (see :func:`reply_weights`).
+        timesteps: (B, m) timesteps per query; noise: (B, 1, 28, 28) one eps per query, shared across t.
+        scale: Monte-Carlo factor from :func:`draw_timesteps`.
+        backward: accumulate gradients chunk by chunk (bounded memory) instead of returning a graph.
+
+    Returns:
+        ``{"loss": ..., "losses/pref": ..., "losses/model": ...}`` as floats; with ``backward=False`` also
+        ``"tensor"``: the differentiable total.
+    """
+    b, m = timesteps.shape
+    w, abar = _schedule()
+    rows_img = torch.arange(b).repeat_interleave(m)
+    rows_t = timesteps.reshape(-1)
+    liked = (y > 0).float()
+    total = torch.zeros(())
+    pref_sum, model_sum = 0.0, 0.0
+    for start in range(0, len(rows_t), cfg.chunk):
+        i, t = rows_img[start : start + cfg.chunk], rows_t[start : start + cfg.chunk]
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0[i] + (1 - a).sqrt() * noise[i]
+        eps_hat = unet(x_t, t).sample
+        mse = ((eps_hat - noise[i]) ** 2).mean((1, 2, 3))
+        pref = cfg.pref_coef * y[i] * scale * w[t] * mse
+        if cfg.model_coef and bool(liked[i].any()):
+            with torch.no_grad():
+                eps_base = base(x_t, t).sample
+            model = cfg.model_coef * liked[i] * ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) / m
+        else:
+            model = torch.zeros_like(pref)
+        chunk_loss = (pref.sum() + model.sum()) / b
+        pref_sum += float(pref.detach().sum()) / b
+        model_sum += float(model.detach().sum()) / b
+        if backward:
+            chunk_loss.backward()
+        else:
+            total = total + chunk_loss
+    out: dict[str, Any] = {"loss": pref_sum + model_sum, "losses/pref": pref_sum, "losses/model": model_sum}
+    if not backward:
+        out["tensor"] = total
+    return out
+
+
+# ALGO LOGIC: the agent -------------------------------------------------------------------------------
+
+
+class PAPA(Agent):
+    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained UNet.
+
+    Args:
+        unet: the pretrained base model (copied: the original stays untouched and serves as the base).
+        config: a :class:`PAPAConfig` or a preset name (``"fast"``, ``"epapa"``, ``"faithful"``, ...).
+    """
+
+    def __init__(self, unet: torch.nn.Module, config: PAPAConfig | str = "fast") -> None:
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown PAPA preset {config!r}; expected one of {sorted(PRESETS)}")
+            config = PRESETS[config]
+        if not 0 <= config.k < T:
+            raise ValueError(f"k must be in [0, {T}), got {config.k}")
+        if config.lr <= 0 or config.batch_size < 1 or config.queries_per_step < 1:
+            raise ValueError("lr must be > 0 and batch_size, queries_per_step >= 1")
+        if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
+            raise ValueError(f"timesteps_per_image must be >= 1 or None, got {config.timesteps_per_image}")
+        self.cfg = config
+        self.name = "epapa" if config.k else "papa"
+        self.base = unet.eval().requires_grad_(False)
+        self.unet = copy.deepcopy(unet).train().requires_grad_(True)
+        self.policy = SwitchedUNet(self.unet, self.base, config.k) if config.k else self.unet
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.updates = 0
+
+    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return sample(
+            self.policy,
+            n,
+            sampler=self.cfg.sampler,
+            num_steps=self.cfg.num_sampling_steps,
+            eta=self.cfg.eta,
+            generator=generator,
+        )
+
+    def propose(self, generator: torch.Generator) -> np.ndarray:
+        return self.generate(self.cfg.queries_per_step, generator).numpy()
+
+    def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
+        x0 = torch.as_tensor(np.asarray(queries), dtype=torch.float32)
+        y = reply_weights(replies, self.cfg.full_exploitation)
+        if len(x0) != len(y):
+            raise ValueError(f"{len(x0)} queries but {len(y)} replies")
+        stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0}
+        self.unet.train()
+        for start in range(0, len(x0), self.cfg.batch_size):
+            xb, yb = x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
+            if not bool((yb != 0).any()):
+                continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
+            timesteps, scale = draw_timesteps(len(xb), self.cfg, self.generator)
+            noise = torch.randn(xb.shape, generator=self.generator)
+            self.opt.zero_grad(set_to_none=True)
+            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, scale, self.cfg, backward=True)
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+            self.updates += 1
+            for key in stats:
+                stats[key] += out[key]
+        self.unet.eval()
+        return stats
+
+    def model(self) -> torch.nn.Module:
+        return self.unet
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "unet": self.unet.state_dict(),
+            "opt": self.opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "updates": self.updates,
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.opt.load_state_dict(state["opt"])
+        self.generator.set_state(state["generator"])
+        self.updates = state["updates"]

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from papa_env.agents.papa import PAPA, PRESETS, PAPAConfig, draw_timesteps, papa_loss, reply_weights
+from papa_env.oracles import Oracle
+
+from papa_env.diffusion import SwitchedUNet, elbo_weights
+from papa_env.env import PreferenceEnv
+from papa_env.models import make_scheduler
+from papa_env.session import run_session
+
+
+class Linear(torch.nn.Module):
+    """eps_hat = a * x_t + b * t / 1000: a toy denoiser whose loss is easy to compute by hand."""
+
+    def __init__(self, a: float, b: float = 0.0) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+        self.b = b
+        self.config = type("C", (), {"sample_size": 28, "in_channels": 1})()
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=torch.float32).expand(len(x)).view(-1, 1, 1, 1)
+        return UNet2DOutput(sample=self.a * x + self.b * t / 1000)
+
+
+def test_loss_matches_a_hand_computed_value() -> None:
+    cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009)
+    x0 = torch.stack([torch.full((1, 28, 28), 0.5), torch.full((1, 28, 28), -0.25)])
+    noise = torch.stack([torch.full((1, 28, 28), 1.0), torch.full((1, 28, 28), -2.0)])
+    y = torch.tensor([1.0, -1.0])
+    ts = torch.tensor([[10, 500], [999, 0]])
+    unet, base = Linear(0.5), Linear(0.2, b=1.0)
+    out = papa_loss(unet, base, x0, y, ts, noise, 3.0, cfg)
+
+    w, abar = elbo_weights(make_scheduler()).double(), make_scheduler().alphas_cumprod.double()
+    expected = 0.0
+    for i in range(2):
+        for t in ts[i].tolist():
+            xt = abar[t].sqrt() * x0[i, 0, 0, 0].double() + (1 - abar[t]).sqrt() * noise[i, 0, 0, 0].double()
+            mse = (0.5 * xt - noise[i, 0, 0, 0].double()) ** 2
+            expected += 0.1 * y[i].item() * 3.0 * w[t] * mse
+            if y[i] > 0:
+                expected += 0.009 * (0.5 * xt - (0.2 * xt + t / 1000)) ** 2 / 2
+    expected /= 2  # averaged over the queries
+    assert out["tensor"].item() == pytest.approx(float(expected), rel=1e-5)
+    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_chunked_backward_gives_the_same_gradient() -> None:
+    cfg = PAPAConfig(chunk=3)
+    x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
+    ts = torch.randint(0, 1000, (2, 5))
+    y = torch.tensor([1.0, -1.0])
+    a, b = Linear(0.3), Linear(0.3)
+    papa_loss(a, Linear(0.1), x0, y, ts, noise, 2.0, replace(cfg, chunk=1000))["tensor"].backward()
+    papa_loss(b, Linear(0.1), x0, y, ts, noise, 2.0, cfg, backward=True)
+    assert a.a.grad.item() == pytest.approx(b.a.grad.item(), rel=1e-5)
+
+
+def test_monte_carlo_estimate_is_unbiased(tiny_unet) -> None:
+    """The mean of the m-timestep estimate over many draws matches the full sum over all T timesteps."""
+    torch.manual_seed(0)
+    x0, noise = torch.rand(1, 1, 28, 28) * 2 - 1, torch.randn(1, 1, 28, 28)
+    y = torch.tensor([1.0])
+    cfg_full = PAPAConfig(timesteps_per_image=None, model_coef=0.0, chunk=1000)
+    with torch.no_grad():
+        ts, scale = draw_timesteps(1, cfg_full, torch.Generator())
+        full = papa_loss(tiny_unet, tiny_unet, x0, y, ts, noise, scale, cfg_full)["loss"]
+        cfg_mc = PAPAConfig(timesteps_per_image=16, model_coef=0.0, chunk=1000)
+        g = torch.Generator().manual_seed(1)
+        draws = []
+        for _ in range(400):
+            ts, scale = draw_timesteps(1, cfg_mc, g)
+            draws.append(papa_loss(tiny_unet, tiny_unet, x0, y, ts, noise, scale, cfg_mc)["loss"])
+    mean, sem = np.mean(draws), np.std(draws) / np.sqrt(len(draws))
+    print(f"full sum {full:.5f}; MC mean {mean:.5f} +- {sem:.5f}")
+    assert abs(mean - full) < 4 * sem + 1e-6
+
+
+def test_epapa_trains_and_samples_the_tuned_model_only_above_k() -> None:
+    seen: dict[str, list[int]] = {"tuned": [], "base": []}
+
+    class Spy(Linear):
+        def __init__(self, name: str) -> None:
+            super().__init__(0.1)
+            self.name = name
+
+        def forward(self, x, t):
+            seen[self.name] += torch.as_tensor(t).expand(len(x)).tolist()
+            return super().forward(x, t)
+
+    switched = SwitchedUNet(Spy("tuned"), Spy("base"), k=400)
+    from papa_env.diffusion import sample
+
+    sample(switched, 2, num_steps=10, generator=torch.Generator().manual_seed(0))
+    assert min(seen["tuned"]) >= 400 and max(seen["base"]) < 400 and seen["base"]
+    mixed = switched(torch.zeros(4, 1, 28, 28), torch.tensor([0, 399, 400, 999])).sample
+    assert mixed.shape == (4, 1, 28, 28)
+    ts, scale = draw_timesteps(3, PAPAConfig(k=400, timesteps_per_image=50), torch.Generator().manual_seed(0))
+    assert ts.min() >= 400 and scale == pytest.approx(600 / 50)
+    full, s = draw_timesteps(1, PAPAConfig(k=400, timesteps_per_image=None), torch.Generator())
+    assert full.shape == (1, 600) and s == 1.0
+
+
+def test_replies_and_config_errors(tiny_unet) -> None:
+    assert reply_weights(np.array([1, -1, 0]), True).tolist() == [1, -1, 0]
+    assert reply_weights(np.array([1, -1, 0]), False).tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match="replies must be"):
+        reply_weights(np.array([2]), True)
+    with pytest.raises(ValueError, match="preset"):
+        PAPA(tiny_unet, "fastest")
+    with pytest.raises(ValueError, match="k must be"):
+        PAPA(tiny_unet, PAPAConfig(k=1000))
+    assert PRESETS["faithful"].timesteps_per_image is None and PRESETS["faithful"].num_sampling_steps == 1000
+    assert PRESETS["epapa"].k == 400
+
+
+# ------------------------------------------------------------------------------------------------
+# learning and sessions on a trivial user
+
+
+class Bright(Oracle):
+    """Likes images brighter than ``threshold`` (mean pixel)."""
+
+    preference = "bright"
+
+    def __init__(self, threshold: float = -0.9) -> None:
+        self.threshold = threshold
+
+    def set_preference(self, preference) -> None:
+        pass
+
+    def utility(self, images):
+        return images.mean((1, 2, 3))
+
+
+def _env(budget: int, threshold: float) -> PreferenceEnv:
+    return PreferenceEnv(Bright(threshold), feedback_budget=budget, queries_per_step=10)
+
+
+class _Eval:
+    """A privileged evaluator for the toy user (no judge needed)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def __call__(self, agent):
+        images = agent.generate(100, torch.Generator().manual_seed(0))
+        return {"eval/like_rate_oracle": self.env.privileged.like_rate(images)}, images
+
+    def set_base(self, images) -> None:
+        pass
+
+
+def _agent(tiny_unet, **kw) -> PAPA:
+    cfg = PAPAConfig(lr=3e-3, batch_size=10, timesteps_per_image=16, num_sampling_steps=8, **kw)
+    return PAPA(tiny_unet, cfg)
+
+
+@pytest.mark.parametrize("k", [0, 400])
+def test_tiny_agent_learns_a_trivial_user(tiny_unet, k: int) -> None:
+    probe = _agent(tiny_unet)
+    base_brightness = probe.generate(200, torch.Generator().manual_seed(0)).mean((1, 2, 3))
+    threshold = float(base_brightness.quantile(0.7))  # the base model's like-rate is ~0.3
+    env = _env(200, threshold)
+    records = run_session(_agent(tiny_unet, k=k), env, eval_every=100, evaluator=_Eval(env), progress=False)
+    rates = [r["eval/like_rate_oracle"] for r in records]
+    print(f"k={k}: like-rate {rates}")
+    assert rates[0] < 0.45 and rates[-1] > rates[0] + 0.25  # chance-level drift is < 0.1 at 100 samples
+
+
+def test_resume_after_interruption_reproduces_the_run(tiny_unet, tmp_path) -> None:
+    threshold = 0.0
+    straight = tmp_path / "straight"
+    run_session(_agent(tiny_unet), _env(60, threshold), straight, eval_every=0, progress=False)
+    interrupted = tmp_path / "interrupted"
+    run_session(_agent(tiny_unet), _env(60, threshold), interrupted, eval_every=0, progress=False, stop_after_steps=2)
+    # a kill after the step-3 replies were persisted but before the agent learned from them:
+    lines = (straight / "replies.jsonl").read_text().splitlines()
+    (interrupted / "replies.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (interrupted / "queries" / "step_0003.npz").write_bytes((straight / "queries" / "step_0003.npz").read_bytes())
+    run_session(_agent(tiny_unet), _env(60, threshold), interrupted, eval_every=0, progress=False)
+
+    def replies(run) -> list:
+        return [json.loads(line)["replies"] for line in (run / "replies.jsonl").read_text().splitlines()]
+
+    assert replies(straight) == replies(interrupted) and len(replies(straight)) == 6
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["unet"]
+    b = torch.load(interrupted / "checkpoint.pt", weights_only=False)["agent"]["unet"]
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    assert (straight / "model.safetensors").exists() and (interrupted / "model.safetensors").exists()
