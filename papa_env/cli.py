@@ -3,7 +3,8 @@
     papa pretrain ddpm --dataset mnist --steps 6000 ...     train / resume a base diffusion model
     papa pretrain classifier --dataset mnist --arch UserCNN train a user's classifier or the judge
     papa sample --model mnist-ddpm --n 64 --out grid.png    draw a grid from a shipped model
-    papa demo                                               the main job (what `make demo` runs)
+    papa demo                                               the main job (what `make demo` runs):
+                                                            EPAPA aligns mnist-ddpm to PAPA-MNIST-v0's user
 
 Flags of ``pretrain`` come from the config dataclasses in :mod:`papa_env.pretrain`; each field's
 docstring is its ``--help`` line (CleanRL style).
@@ -84,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/samples.png", help="where to write the PNG grid")
 
-    d = sub.add_parser("demo", help="the main job: what `make demo` runs")
-    d.add_argument("--out", default="runs/demo", help="output folder")
+    d = sub.add_parser("demo", help="the main job: what `make demo` runs (EPAPA aligns the MNIST model)")
+    d.add_argument("--out", default="runs/demo", help="run folder (an existing run there is resumed)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--preset", default="epapa", help="a papa_env.agents.papa.PRESETS name")
+    d.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
     return p
 
 
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     elif ns.command == "demo":
         from papa_env.demo import run_demo
 
-        run_demo(out=ns.out, seed=ns.seed)
+        run_demo(out=ns.out, seed=ns.seed, preset=ns.preset, budget=ns.budget)
     return 0
 
 
