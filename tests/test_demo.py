@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from papa_env.demo import run_demo
+
+
+def test_demo_runs_a_short_session_and_writes_its_files(tmp_path, capsys) -> None:
+    records = run_demo(out=tmp_path / "demo", budget=20, eval_samples=20)
+    assert [r["replies"] for r in records] == [0, 20]
+    for name in ("config.json", "replies.jsonl", "metrics.jsonl", "samples_before.png", "samples_after.png",
+                 "like_rate.png", "model.safetensors"):
+        assert (tmp_path / "demo" / name).exists(), name
+    out = capsys.readouterr().out
+    assert "like-rate (judge)" in out and "max class share" in out
+
+
+def test_readme_plug_in_example_runs() -> None:
+    """The README's 'plug in your own user' example, executed as written."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- plug-in-example -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its plug-in example"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 25
+    exec(compile(code, "README.md", "exec"), {})
