@@ -22,5 +22,5 @@ def test_readme_plug_in_example_runs() -> None:
     block = re.search(r"<!-- plug-in-example -->\s*```python\n(.*?)```", readme, re.S)
     assert block, "README lost its plug-in example"
     code = block.group(1)
-    assert len(code.strip().splitlines()) <= 25
+    assert len([line for line in code.splitlines() if line.strip()]) <= 22  # "a 20-line example"
     exec(compile(code, "README.md", "exec"), {})
