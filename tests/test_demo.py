@@ -9,8 +9,15 @@ from papa_env.demo import run_demo
 def test_demo_runs_a_short_session_and_writes_its_files(tmp_path, capsys) -> None:
     records = run_demo(out=tmp_path / "demo", budget=20, eval_samples=20)
     assert [r["replies"] for r in records] == [0, 20]
-    for name in ("config.json", "replies.jsonl", "metrics.jsonl", "samples_before.png", "samples_after.png",
-                 "like_rate.png", "model.safetensors"):
+    for name in (
+        "config.json",
+        "replies.jsonl",
+        "metrics.jsonl",
+        "samples_before.png",
+        "samples_after.png",
+        "like_rate.png",
+        "model.safetensors",
+    ):
         assert (tmp_path / "demo" / name).exists(), name
     out = capsys.readouterr().out
     assert "like-rate (judge)" in out and "max class share" in out
