@@ -87,7 +87,8 @@ def ddpm_card(name: str, quality: dict, others: list[dict]) -> str:
 
 Unconditional diffusers `UNet2DModel` ({_params(model)} parameters; block_out_channels
 {tuple(model.config.block_out_channels)}, one ResNet layer per block, attention at 7x7), epsilon prediction,
-`DDPMScheduler` with T = 1000 linear betas 1e-4..0.02 (the PAPA authors' schedule). Trained on the 60,000 {ds} training images; these are the EMA weights.
+`DDPMScheduler` with T = 1000 linear betas 1e-4..0.02 (the PAPA authors' schedule). Trained on the 60,000 {ds}
+training images; these are the EMA weights.
 
 | training | |
 |---|---|
