@@ -75,6 +75,25 @@ class Evaluator:
         return out, images
 
 
+def collapse_report(records: list[dict], max_share: float = 0.6, tolerance: float = 0.05) -> list[str]:
+    """Signs of collapse in a session's evaluations (empty list: none).
+
+    A session collapses when, at any evaluation, one class holds more than ``max_share`` of the samples, or
+    the judge's like-rate (the user's, for users without a judge) falls more than ``tolerance`` below the best
+    it reached before.
+    """
+    problems = []
+    key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
+    best = -1.0
+    for r in records:
+        if r.get("eval/max_class_share", 0.0) > max_share:
+            problems.append(f"{r['replies']} replies: one class holds {r['eval/max_class_share']:.0%} of samples")
+        if r[key] < best - tolerance:
+            problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
+        best = max(best, r[key])
+    return problems
+
+
 def _append_line(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")

@@ -13,7 +13,7 @@ from papa_env.oracles import Oracle
 from papa_env.diffusion import SwitchedUNet, elbo_weights
 from papa_env.env import PreferenceEnv
 from papa_env.models import make_scheduler
-from papa_env.session import run_session
+from papa_env.session import collapse_report, run_session
 
 
 class Linear(torch.nn.Module):
@@ -196,3 +196,29 @@ def test_resume_after_interruption_reproduces_the_run(tiny_unet, tmp_path) -> No
     b = torch.load(interrupted / "checkpoint.pt", weights_only=False)["agent"]["unet"]
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     assert (straight / "model.safetensors").exists() and (interrupted / "model.safetensors").exists()
+
+
+def test_collapse_report_flags_a_dominant_class_and_a_falling_like_rate() -> None:
+    def rec(replies, like, share):
+        return {
+            "replies": replies,
+            "eval/like_rate_judge": like,
+            "eval/like_rate_oracle": like,
+            "eval/max_class_share": share,
+        }
+
+    healthy = [rec(0, 0.4, 0.12), rec(100, 0.7, 0.3), rec(200, 0.72, 0.35)]
+    assert collapse_report(healthy) == []
+    collapsed = [rec(0, 0.4, 0.12), rec(100, 0.7, 0.65), rec(200, 0.5, 0.4)]
+    problems = collapse_report(collapsed)
+    assert len(problems) == 2 and "65%" in problems[0] and "fell to 0.500" in problems[1]
+
+
+def test_tiny_agent_with_a_reckless_learning_rate_is_caught_collapsing(tiny_unet) -> None:
+    """The authors' loss is unbounded on disliked samples: a large lr degenerates, and the detector says so."""
+    env = _env(100, 0.0)
+    agent = PAPA(tiny_unet, PAPAConfig(lr=0.3, batch_size=10, timesteps_per_image=16, num_sampling_steps=8))
+    records = run_session(agent, env, eval_every=20, evaluator=_Eval(env), progress=False)
+    rates = [r["eval/like_rate_oracle"] for r in records]
+    print(f"lr 0.3: like-rate {rates}")
+    assert collapse_report(records, tolerance=0.05), rates

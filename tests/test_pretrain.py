@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -45,6 +47,10 @@ class _Crash(RuntimeError):
     pass
 
 
+class _Sigterm(Exception):
+    pass
+
+
 def _interrupt_at(monkeypatch, at_step: int, exc: type[BaseException]) -> None:
     """Make the trainer's progress bar raise ``exc`` once it reaches ``at_step``."""
     import papa_env.pretrain as pretrain
@@ -55,18 +61,20 @@ def _interrupt_at(monkeypatch, at_step: int, exc: type[BaseException]) -> None:
         def update(self, n=1):
             super().update(n)
             if self.n >= at_step:
+                if exc is _Sigterm:  # a scheduler's preemption: the trainer turns it into Ctrl-C
+                    os.kill(os.getpid(), signal.SIGTERM)
                 raise exc()
 
     monkeypatch.setattr(pretrain, "tqdm", Bar)
 
 
-@pytest.mark.parametrize(("exc", "resumes_from"), [(KeyboardInterrupt, 13), (_Crash, 10)])
+@pytest.mark.parametrize(("exc", "resumes_from"), [(KeyboardInterrupt, 13), (_Sigterm, 13), (_Crash, 10)])
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, exc, resumes_from) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     train_ddpm(_cfg(a, 20))
     with monkeypatch.context() as m:
         _interrupt_at(m, 13, exc)
-        with pytest.raises(exc):
+        with pytest.raises(KeyboardInterrupt if exc is _Sigterm else exc):
             train_ddpm(_cfg(b, 20))
     # Ctrl-C checkpoints where it stands; a crash leaves the last periodic checkpoint (step 10)
     assert torch.load(b / "checkpoint.pt", weights_only=False)["step"] == resumes_from
