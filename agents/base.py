@@ -39,6 +39,13 @@ class Agent(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
 
+    def proposal_state(self) -> dict[str, np.ndarray]:
+        """What ``learn`` needs besides the queries (e.g. the sampled trajectory), persisted with them."""
+        return {}
+
+    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 (optional hook)
+        """Put back :meth:`proposal_state` before a resumed ``learn`` on persisted replies."""
+
     def model(self) -> torch.nn.Module | None:
         """The model whose weights a run saves at the end (None if there is nothing to save)."""
         return None

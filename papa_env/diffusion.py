@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from papa_env.models import SCHEDULER_CONFIG
@@ -201,6 +202,14 @@ class Trajectory(NamedTuple):
     log_probs: torch.Tensor
     stochastic: torch.Tensor
 
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """As numpy arrays (to persist with the queries)."""
+        return {k: v.numpy() for k, v in self._asdict().items()}
+
+    @classmethod
+    def from_numpy(cls, arrays: dict[str, np.ndarray]) -> Trajectory:
+        return cls(**{k: torch.from_numpy(np.asarray(arrays[k])) for k in cls._fields})
+
 
 @torch.no_grad()
 def sample_trajectory(
@@ -273,3 +282,22 @@ class SwitchedUNet(torch.nn.Module):
         out[high] = self.tuned(x[high], t[high]).sample
         out[~high] = self.base(x[~high], t[~high]).sample
         return UNet2DOutput(sample=out)
+
+
+def trajectory_log_probs(
+    unet: torch.nn.Module,
+    traj: Trajectory,
+    step: int,
+    eta: float = DEFAULT_ETA,
+) -> torch.Tensor:
+    """log p_theta(x_{t-1} | x_t) of a stored trajectory's step ``step`` under ``unet``, (B,), differentiable.
+
+    The policy-gradient baselines (DDPO, D3PO) re-evaluate the sampled actions under the current (or the
+    reference) model with this; at the sampling model's own weights it equals ``traj.log_probs[step]``.
+    """
+    sched = make_sampling_scheduler("ddim", len(traj.timesteps))
+    t = traj.timesteps[step]
+    x_t = traj.latents[step]
+    eps = unet(x_t, t.expand(len(x_t))).sample
+    _, log_prob, _ = ddim_step_with_logprob(sched, eps, t, x_t, eta, prev_sample=traj.latents[step + 1])
+    return log_prob

@@ -268,6 +268,9 @@ def _resume(run: Path, agent: Agent, env, gen: torch.Generator) -> tuple[int, li
     pending = [r for r in replies if r["step"] > step]
     for r in pending:  # persisted, not yet learned: learn now, without asking the user again
         data = np.load(run / r["queries"])
+        agent.restore_proposal(
+            {key.removeprefix("proposal/"): data[key] for key in data.files if key.startswith("proposal/")}
+        )
         agent.learn(data["queries"], data["replies"])
         gen.set_state(torch.from_numpy(data["gen_state"]))
         env.np_random.bit_generator.state = json.loads(str(data["env_rng"]))

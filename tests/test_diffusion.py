@@ -135,3 +135,20 @@ def test_sample_trajectory_matches_sample_and_keeps_latents(tiny_unet) -> None:
     x_t = traj.latents[0, :1].expand(2, -1, -1, -1)
     pair = sample_trajectory(tiny_unet, 2, num_steps=5, initial_noise=x_t, generator=torch.Generator().manual_seed(1))
     assert torch.equal(pair.latents[0, 0], pair.latents[0, 1]) and not torch.allclose(pair.images[0], pair.images[1])
+
+
+def test_trajectory_log_probs_recompute_the_sampled_ones(tiny_unet) -> None:
+    from papa_env.diffusion import sample_trajectory, trajectory_log_probs
+
+    traj = sample_trajectory(tiny_unet, 3, num_steps=6, generator=torch.Generator().manual_seed(2))
+    for j in range(6):
+        assert torch.allclose(trajectory_log_probs(tiny_unet, traj, j), traj.log_probs[j], atol=1e-5)
+    other = make_unet_like(tiny_unet)
+    assert not torch.allclose(trajectory_log_probs(other, traj, 0), traj.log_probs[0])
+
+
+def make_unet_like(unet):
+    from papa_env.models import make_unet
+
+    torch.manual_seed(99)
+    return make_unet(**{k: v for k, v in unet.config.items() if not k.startswith("_")}).eval()

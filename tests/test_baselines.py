@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from papa_env.agents.d3po import D3PO, D3POConfig, d3po_loss
+from papa_env.agents.ddpo import DDPO, DDPOConfig, advantages_from_replies, ddpo_loss
+from papa_env.oracles import Oracle
+
+from papa_env.diffusion import trajectory_log_probs
+from papa_env.env import PreferenceEnv
+
+
+def test_ddpo_loss_hand_computed() -> None:
+    log_prob = torch.full((2,), math.log(1.5))
+    loss, stats = ddpo_loss(log_prob, torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.2)
+    # A = +1: max(-1.5, -1.2) = -1.2; A = -1: max(1.5, 1.2) = 1.5; mean 0.15
+    assert loss.item() == pytest.approx(0.15)
+    assert stats["clipfrac"] == 1.0 and stats["approx_kl"] == pytest.approx(0.5 * math.log(1.5) ** 2)
+
+
+def test_ddpo_advantages() -> None:
+    adv = advantages_from_replies(np.array([1, 1, -1, -1]))
+    assert adv.tolist() == pytest.approx([1, 1, -1, -1])
+    assert advantages_from_replies(np.array([1, 1, 1])).abs().sum() == 0
+    assert advantages_from_replies(np.array([1] * 99 + [-1]), adv_clip_max=5.0).min() == -5.0
+
+
+def test_ddpo_ratio_is_one_on_the_first_inner_step_and_learning_moves_the_model(tiny_unet) -> None:
+    agent = DDPO(tiny_unet, DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3))
+    queries = agent.propose(torch.Generator().manual_seed(0))
+    traj = agent._traj
+    for j in range(4):
+        ratio = torch.exp(trajectory_log_probs(agent.unet, traj, j) - traj.log_probs[j])
+        assert torch.allclose(ratio, torch.ones(4), atol=1e-5)
+    before = [p.detach().clone() for p in agent.unet.parameters()]
+    stats = agent.learn(queries, np.array([1, -1, 1, -1]))
+    assert stats["charts/clipfrac"] == 0.0 and stats["losses/policy"] == pytest.approx(0.0, abs=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
+    with pytest.raises(ValueError, match="propose"):
+        agent.learn(np.zeros_like(queries), np.array([1, -1, 1, -1]))
+
+
+def test_d3po_loss_hand_computed_and_bounded() -> None:
+    lw, ll = torch.tensor([math.log(1.05)]), torch.tensor([math.log(0.8)])
+    loss = d3po_loss(lw, torch.zeros(1), ll, torch.zeros(1), beta=0.1, eps=0.1)
+    expected = -math.log(1 / (1 + math.exp(-0.1 * (math.log(1.05) - math.log(0.9)))))  # 0.8 clamps to 0.9
+    assert loss.item() == pytest.approx(expected)
+    at_start = d3po_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.1, 0.1)
+    assert at_start.item() == pytest.approx(math.log(2))
+    extreme = d3po_loss(torch.tensor([10.0]), torch.zeros(1), torch.tensor([-10.0]), torch.zeros(1), 0.1, 0.1)
+    assert 0.683 < extreme.item() < 0.703  # the clamp bounds the loss (their issue #20)
+
+
+class Bright(Oracle):
+    threshold = 0.0
+    preference = "bright"
+
+    def set_preference(self, preference) -> None:
+        pass
+
+    def utility(self, images):
+        return images.mean((1, 2, 3))
+
+
+def test_d3po_pairs_share_their_start_and_ties_give_no_gradient(tiny_unet) -> None:
+    agent = D3PO(tiny_unet, D3POConfig(queries_per_step=3, num_sampling_steps=5, lr=1e-3))
+    env = PreferenceEnv(Bright(), mode="pairwise", queries_per_step=3, feedback_budget=6)
+    env.reset(seed=0)
+    pairs = agent.propose(torch.Generator().manual_seed(0))
+    assert pairs.shape == (3, 2, 1, 28, 28)
+    lat = agent._traj.latents[0]
+    assert torch.equal(lat[0], lat[1]) and torch.equal(lat[2], lat[3]) and not torch.equal(lat[0], lat[2])
+    _, _, _, _, info = env.step(pairs)
+    before = [p.detach().clone() for p in agent.unet.parameters()]
+    assert agent.learn(pairs, np.zeros(3, np.int8))["charts/decided_pairs"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
+    stats = agent.learn(pairs, np.array([1, -1, 0]))
+    assert stats["charts/decided_pairs"] == 2 and stats["losses/d3po"] == pytest.approx(math.log(2), abs=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
+
+
+@pytest.mark.parametrize("cls", [DDPO, D3PO])
+def test_restored_proposal_learns_exactly_like_the_original(tiny_unet, cls) -> None:
+    cfg = (DDPOConfig if cls is DDPO else D3POConfig)(queries_per_step=2, num_sampling_steps=4, lr=1e-3)
+    a, b = cls(tiny_unet, cfg), cls(tiny_unet, cfg)
+    queries = a.propose(torch.Generator().manual_seed(3))
+    b.restore_proposal(a.proposal_state())
+    replies = np.array([1, -1])
+    a.learn(queries, replies)
+    b.learn(queries, replies)
+    assert all(torch.allclose(x, y) for x, y in zip(a.unet.parameters(), b.unet.parameters()))
+
+
+@pytest.mark.parametrize(("cls", "cfg"), [(DDPO, DDPOConfig(eta=0.0)), (D3PO, D3POConfig(eps=1.5))])
+def test_bad_configs(tiny_unet, cls, cfg) -> None:
+    with pytest.raises(ValueError):
+        cls(tiny_unet, cfg)
