@@ -59,6 +59,7 @@ def sample(
     generator: torch.Generator | None = None,
     batch_size: int = 250,
     progress: bool = False,
+    initial_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images from an epsilon-prediction UNet.
 
@@ -72,6 +73,7 @@ def sample(
         generator: CPU generator for the initial noise and every step's noise (same seed -> same images).
         batch_size: images per UNet call.
         progress: show a tqdm bar over batches.
+        initial_noise: (n, C, H, W) x_T to start from instead of drawing it (e.g. an SB3 policy's action).
 
     Returns:
         (n, C, H, W) float32 in [-1, 1] ((n, 1, 28, 28) for the shipped models).
@@ -90,9 +92,14 @@ def sample(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"sampling {sampler}-{num_steps}")
+    if initial_noise is not None and tuple(initial_noise.shape) != (n, *shape):
+        raise ValueError(f"initial_noise must have shape {(n, *shape)}, got {tuple(initial_noise.shape)}")
     for start in batches:
         b = min(batch_size, n - start)
-        x = torch.randn((b, *shape), generator=generator)
+        if initial_noise is not None:
+            x = initial_noise[start : start + b].to(torch.float32)
+        else:
+            x = torch.randn((b, *shape), generator=generator)
         for t in sched.timesteps:
             eps = unet(x, t.expand(b)).sample
             kwargs = {"eta": eta} if sampler == "ddim" else {}

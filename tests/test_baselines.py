@@ -98,3 +98,52 @@ def test_restored_proposal_learns_exactly_like_the_original(tiny_unet, cls) -> N
 def test_bad_configs(tiny_unet, cls, cfg) -> None:
     with pytest.raises(ValueError):
         cls(tiny_unet, cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stable-Baselines3 on the noise
+
+
+@pytest.mark.parametrize("mode", ["binary", "pairwise"])
+def test_noise_wrapper_decodes_with_the_base_model_and_passes_check_env(tiny_unet, mode) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    from papa_env.diffusion import sample
+    from papa_env.wrappers import NoiseToImage
+
+    env = NoiseToImage(
+        PreferenceEnv(Bright(), mode=mode, queries_per_step=2, feedback_budget=6), tiny_unet, num_steps=3
+    )
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, warn=True)
+    # the one expected remark: the action is x_T ~ N(0, 1) on purpose, not a [-1, 1] box
+    assert [str(w.message) for w in caught if "symmetric and normalized Box" not in str(w.message)] == []
+    env.reset(seed=0)
+    noise = np.random.default_rng(0).standard_normal(env.action_space.shape).astype(np.float32)
+    images = env.action(noise)
+    flat = torch.from_numpy(noise).clamp(-3, 3).reshape(-1, 1, 28, 28)
+    expected = sample(tiny_unet, len(flat), num_steps=3, eta=0.0, initial_noise=flat).reshape(noise.shape)
+    assert np.allclose(images, expected.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="noise_bound"):
+        NoiseToImage(env.env, tiny_unet, noise_bound=0)
+
+
+@pytest.mark.parametrize("algo", ["PPO", "SAC"])
+def test_sb3_runs_unchanged_on_the_wrapped_env(tiny_unet, algo) -> None:
+    import stable_baselines3 as sb3
+
+    from papa_env.wrappers import NoiseToImage
+
+    env = NoiseToImage(PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=8), tiny_unet, num_steps=2)
+    kwargs = (
+        dict(n_steps=4, batch_size=4, n_epochs=1)
+        if algo == "PPO"
+        else dict(buffer_size=50, learning_starts=2, batch_size=2)
+    )
+    model = getattr(sb3, algo)("MultiInputPolicy", env, seed=0, device="cpu", **kwargs)
+    model.learn(total_timesteps=8)
+    action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
+    assert action.shape == (2, 1, 28, 28) and np.abs(action).max() <= 3.0

@@ -1,0 +1,57 @@
+"""Wrappers around PreferenceEnv, grouped by what they change.
+
+Action wrappers
+    :class:`NoiseToImage`: the action becomes the initial noise x_T of the base diffusion model, decoded by the
+    frozen model with deterministic DDIM into the query images. Stable-Baselines3's Gaussian policies then
+    start as the base model itself (a standard-normal action *is* a base-model sample), so PPO / SAC run on it
+    unchanged as the "RL on the noise" baselines.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from papa_env.diffusion import sample
+
+
+class NoiseToImage(gym.ActionWrapper):
+    """Action = initial noise x_T, decoded by a frozen diffusion model into query images.
+
+    Action space: ``Box(-noise_bound, noise_bound, (K, 1, 28, 28), float32)`` (SB3's SAC needs finite bounds;
+    3 sigma keeps 99.7% of a standard normal per pixel; the noise is clipped to them), or ``(K, 2, 1, 28, 28)``
+    for a pairwise env. SB3's ``check_env`` recommends a [-1, 1] box; we keep x_T itself as the action on
+    purpose, so that an untouched SB3 Gaussian policy (mean 0, std 1) samples exactly the base model. Decoding: DDIM with eta = 0 and ``num_steps`` steps, so an action maps to one image.
+
+    Args:
+        env: a PreferenceEnv (or a wrapper of one).
+        unet: the frozen decoder (default: the env's base model, ``papa_env.load_pretrained(env.base_model)``).
+        num_steps: DDIM steps of the decoding.
+        noise_bound: the action box's half-width.
+    """
+
+    def __init__(
+        self, env: gym.Env, unet: torch.nn.Module | None = None, num_steps: int = 10, noise_bound: float = 3.0
+    ) -> None:
+        super().__init__(env)
+        if noise_bound <= 0:
+            raise ValueError(f"noise_bound must be > 0, got {noise_bound}")
+        if unet is None:
+            from papa_env.models import load_pretrained
+
+            unet = load_pretrained(env.unwrapped.base_model)
+        self.unet = unet.eval().requires_grad_(False)
+        self.num_steps = num_steps
+        self.noise_bound = float(noise_bound)
+        shape = env.action_space.shape
+        self.action_space = spaces.Box(-self.noise_bound, self.noise_bound, shape, np.float32)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        x_t = torch.as_tensor(np.asarray(action, dtype=np.float32)).clamp(-self.noise_bound, self.noise_bound)
+        if tuple(x_t.shape) != self.action_space.shape:
+            raise ValueError(f"action shape {tuple(x_t.shape)} is wrong; expected {self.action_space.shape}")
+        flat = x_t.reshape(-1, *x_t.shape[-3:])
+        images = sample(self.unet, len(flat), sampler="ddim", num_steps=self.num_steps, eta=0.0, initial_noise=flat)
+        return images.reshape(x_t.shape).numpy()
