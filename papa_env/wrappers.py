@@ -23,7 +23,8 @@ class NoiseToImage(gym.ActionWrapper):
     Action space: ``Box(-noise_bound, noise_bound, (K, 1, 28, 28), float32)`` (SB3's SAC needs finite bounds;
     3 sigma keeps 99.7% of a standard normal per pixel; the noise is clipped to them), or ``(K, 2, 1, 28, 28)``
     for a pairwise env. SB3's ``check_env`` recommends a [-1, 1] box; we keep x_T itself as the action on
-    purpose, so that an untouched SB3 Gaussian policy (mean 0, std 1) samples exactly the base model. Decoding: DDIM with eta = 0 and ``num_steps`` steps, so an action maps to one image.
+    purpose, so that an untouched SB3 Gaussian policy (mean 0, std 1) samples exactly the base model.
+    Decoding: DDIM with eta = 0 and ``num_steps`` steps, so an action maps to one image.
 
     Args:
         env: a PreferenceEnv (or a wrapper of one).
