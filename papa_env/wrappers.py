@@ -1,5 +1,9 @@
 """Wrappers around PreferenceEnv, grouped by what they change.
 
+Recording wrappers
+    :class:`ReplyLog`: appends every step's replies (and queries) to a run folder, fsync'd, before the caller
+    sees them: for learners that drive the env themselves (Stable-Baselines3's ``model.learn``).
+
 Action wrappers
     :class:`NoiseToImage`: the action becomes the initial noise x_T of the base diffusion model, decoded by the
     frozen model with deterministic DDIM into the query images. Stable-Baselines3's Gaussian policies then
@@ -56,3 +60,45 @@ class NoiseToImage(gym.ActionWrapper):
         flat = x_t.reshape(-1, *x_t.shape[-3:])
         images = sample(self.unet, len(flat), sampler="ddim", num_steps=self.num_steps, eta=0.0, initial_noise=flat)
         return images.reshape(x_t.shape).numpy()
+
+
+class ReplyLog(gym.Wrapper):
+    """Persist each step's replies to ``<run_dir>/replies.jsonl`` (and queries to ``queries/``) before returning.
+
+    Place it directly around the PreferenceEnv (inside action wrappers), so the queries logged are the images
+    the user saw.
+    """
+
+    def __init__(self, env: gym.Env, run_dir) -> None:
+        super().__init__(env)
+        from pathlib import Path
+
+        self.run_dir = Path(run_dir)
+        (self.run_dir / "queries").mkdir(parents=True, exist_ok=True)
+        self.steps_logged = (
+            sum(1 for _ in (self.run_dir / "replies.jsonl").open()) if (self.run_dir / "replies.jsonl").exists() else 0
+        )
+
+    def step(self, action):
+        import json
+        import os
+
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps_logged += 1
+        name = f"queries/step_{self.steps_logged:04d}.npz"
+        np.savez(self.run_dir / name, queries=np.asarray(action, dtype=np.float32), replies=info["replies"])
+        with (self.run_dir / "replies.jsonl").open("a") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "step": self.steps_logged,
+                        "replies": info["replies"].tolist(),
+                        "replies_left": info["replies_left"],
+                        "queries": name,
+                    }
+                )
+                + "\n"
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        return obs, reward, terminated, truncated, info

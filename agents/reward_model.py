@@ -1,0 +1,158 @@
+"""Reward model, then RL: the recipe PAPA claims to make unnecessary.
+
+Per interaction: show K queries (K replies, the same budget as every agent), add them to the reply dataset,
+refit a small CNN reward model on all replies so far (logistic regression on like / dislike; skips are
+left out), then run ``rl_updates`` DDPO updates on fresh trajectories scored by the reward model (these cost
+no replies). The DDPO step is :mod:`papa_env.agents.ddpo`'s.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from papa_env.agents.base import Agent
+from papa_env.agents.ddpo import advantages_from_replies, ddpo_loss
+from torch import nn
+
+from papa_env.diffusion import sample, sample_trajectory, trajectory_log_probs
+
+
+@dataclass
+class RewardModelConfig:
+    """Reward-model-then-DDPO settings."""
+
+    rm_width: int = 8
+    """channels of the reward model's first conv layer"""
+    rm_lr: float = 1e-3
+    """Adam learning rate of the reward model"""
+    rm_epochs: int = 20
+    """passes over all replies so far at each refit"""
+    rl_updates: int = 2
+    """DDPO updates on reward-model-scored trajectories per interaction"""
+    rl_batch: int = 16
+    """trajectories per DDPO update"""
+    lr: float = 1e-5
+    """Adam learning rate of the diffusion model"""
+    clip_range: float = 1e-4
+    """DDPO's PPO clip range"""
+    grad_clip: float = 1.0
+    """max gradient norm of the diffusion model"""
+    queries_per_step: int = 10
+    """K queries per interaction (must match the env's)"""
+    num_sampling_steps: int = 20
+    """DDIM steps"""
+    eta: float = 1.0
+    """DDIM noise scale"""
+    seed: int = 0
+    """seed of the agent's own randomness"""
+
+
+class RewardCNN(nn.Module):
+    """(B, 1, 28, 28) in [-1, 1] -> (B,) logit that the user likes the image."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * width * 49, 1),
+        )  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).squeeze(-1)
+
+
+class RewardModelDDPO(Agent):
+    """Fit a reward model on the replies, then DDPO against it."""
+
+    name = "reward-model"
+
+    def __init__(self, unet: torch.nn.Module, config: RewardModelConfig | None = None) -> None:
+        self.cfg = config or RewardModelConfig()
+        self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.lr)
+        torch.manual_seed(self.cfg.seed)
+        self.reward_model = RewardCNN(self.cfg.rm_width)
+        self.rm_opt = torch.optim.Adam(self.reward_model.parameters(), lr=self.cfg.rm_lr)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return sample(self.unet, n, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta, generator=generator)
+
+    def propose(self, generator: torch.Generator) -> np.ndarray:
+        return self.generate(self.cfg.queries_per_step, generator).numpy()
+
+    def fit_reward_model(self) -> float:
+        """Refit on every reply so far; returns the final training loss."""
+        x, y = torch.cat(self.images), torch.cat(self.labels)
+        self.reward_model.train()
+        loss = torch.zeros(())
+        for _ in range(self.cfg.rm_epochs):
+            perm = torch.randperm(len(x), generator=self.generator)
+            for i in range(0, len(x), 64):
+                idx = perm[i : i + 64]
+                loss = F.binary_cross_entropy_with_logits(self.reward_model(x[idx]), y[idx])
+                self.rm_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.rm_opt.step()
+        self.reward_model.eval()
+        return float(loss)
+
+    def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
+        replies = np.asarray(replies)
+        keep = replies != 0
+        self.images.append(torch.as_tensor(np.asarray(queries)[keep], dtype=torch.float32))
+        self.labels.append(torch.as_tensor(replies[keep] > 0, dtype=torch.float32))
+        stats = {"losses/reward_model": self.fit_reward_model(), "losses/policy": 0.0}
+        for _ in range(self.cfg.rl_updates):
+            traj = sample_trajectory(
+                self.unet,
+                self.cfg.rl_batch,
+                num_steps=self.cfg.num_sampling_steps,
+                eta=self.cfg.eta,
+                generator=self.generator,
+            )
+            with torch.no_grad():
+                rewards = torch.sigmoid(self.reward_model(traj.images))
+            adv = advantages_from_replies(rewards)
+            steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
+            self.opt.zero_grad(set_to_none=True)
+            for j in steps:
+                loss, _ = ddpo_loss(
+                    trajectory_log_probs(self.unet, traj, j, self.cfg.eta), traj.log_probs[j], adv, self.cfg.clip_range
+                )
+                (loss / len(steps)).backward()
+                stats["losses/policy"] += loss.item() / len(steps) / self.cfg.rl_updates
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+        return stats
+
+    def model(self) -> torch.nn.Module:
+        return self.unet
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "unet": self.unet.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rm": self.reward_model.state_dict(),
+            "rm_opt": self.rm_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "images": self.images,
+            "labels": self.labels,
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.opt.load_state_dict(state["opt"])
+        self.reward_model.load_state_dict(state["rm"])
+        self.rm_opt.load_state_dict(state["rm_opt"])
+        self.generator.set_state(state["generator"])
+        self.images, self.labels = list(state["images"]), list(state["labels"])

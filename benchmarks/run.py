@@ -1,0 +1,273 @@
+"""Compare agents under one feedback budget: the same env, evaluation schedule and judge for all.
+
+    python -m benchmarks.run --env PAPA-MNIST-v0 \\
+        --agents papa,epapa,ddpo,d3po,sb3-ppo,sb3-sac,reward-model,base,oracle-best-of-n --seeds 5 --budget 300
+    python -m benchmarks.run --quick          # 1 seed, 20 replies, small evaluations: a smoke test in minutes
+    python -m benchmarks.run --env PAPA-MNIST-v0 --mistake-rate 0.1 ...   # a user who errs 10% of the time
+
+Every (agent, seed) is a session in ``<out>/<tag>/<agent>-s<seed>`` (the learners' sessions resume when rerun).
+Writes under ``<out>/<tag>``: ``results.jsonl`` (every evaluation record), ``table.csv`` and ``table.md``
+(like-rate at each evaluation, mean and 95% CI over seeds; liked-class shares, judge confidence and seconds per
+interaction at the end), ``like_rate.png`` (mean +- 95% CI bands) and ``final_samples.png`` (a row per agent).
+``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import papa_env  # noqa: F401
+from papa_env.models import load_pretrained
+from papa_env.session import Evaluator, collapse_report, run_session
+
+LEARNERS = ("papa", "epapa", "ddpo", "d3po", "reward-model")
+SB3 = ("sb3-ppo", "sb3-sac")
+REFERENCES = ("base", "oracle-best-of-n")
+ALL = LEARNERS + SB3 + REFERENCES
+PAIRWISE = ("d3po",)
+
+
+def make_agent(name: str, unet: torch.nn.Module, env, seed: int, queries_per_step: int):
+    """The agent ``name`` around ``unet`` with its default (preset) config and ``seed``."""
+    from papa_env.agents.d3po import D3PO, D3POConfig
+    from papa_env.agents.ddpo import DDPO, DDPOConfig
+    from papa_env.agents.papa import PAPA, PRESETS
+    from papa_env.agents.references import BaseModel, OracleBestOfN
+    from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
+
+    k = queries_per_step
+    if name in ("papa", "epapa"):
+        return PAPA(unet, replace(PRESETS["fast" if name == "papa" else "epapa"], seed=seed, queries_per_step=k))
+    if name == "ddpo":
+        return DDPO(unet, DDPOConfig(seed=seed, queries_per_step=k))
+    if name == "d3po":
+        return D3PO(unet, D3POConfig(seed=seed, queries_per_step=k))
+    if name == "reward-model":
+        return RewardModelDDPO(unet, RewardModelConfig(seed=seed, queries_per_step=k))
+    if name == "base":
+        return BaseModel(unet, queries_per_step=k)
+    if name == "oracle-best-of-n":
+        return OracleBestOfN(unet, env, queries_per_step=k)
+    raise ValueError(f"unknown agent {name!r}; expected one of {ALL}")
+
+
+class _SB3Sampler:
+    """Lets the Evaluator sample from an SB3 policy: its (stochastic) actions decoded by the wrapper."""
+
+    def __init__(self, model, env) -> None:
+        self.model, self.env = model, env
+        self.name = "sb3"
+
+    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        obs, _ = self.env.observation_space.sample(), None
+        obs = {k: np.zeros_like(v) for k, v in obs.items()}
+        self.model.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        images = []
+        while sum(len(x) for x in images) < n:
+            action, _ = self.model.predict(obs, deterministic=False)
+            images.append(torch.from_numpy(self.env.action(action)).reshape(-1, 1, 28, 28))
+        return torch.cat(images)[:n]
+
+
+def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, run_dir: Path) -> list[dict]:
+    """SB3 PPO / SAC, unchanged, via ``model.learn`` on the noise-wrapped env; evaluations in a callback."""
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from papa_env.wrappers import NoiseToImage, ReplyLog
+
+    base_env = env.unwrapped
+    wrapped = NoiseToImage(ReplyLog(env, run_dir))
+    k = base_env.queries_per_step
+    steps = base_env.feedback_budget // k
+    if algo == "sb3-ppo":
+        n_steps = max(2, min(10, steps))
+        model = sb3.PPO(
+            "MultiInputPolicy", wrapped, n_steps=n_steps, batch_size=n_steps, n_epochs=4, seed=seed, device="cpu"
+        )
+    else:
+        model = sb3.SAC(
+            "MultiInputPolicy",
+            wrapped,
+            buffer_size=1000,
+            learning_starts=min(5, steps - 1),
+            batch_size=8,
+            seed=seed,
+            device="cpu",
+        )
+    sampler = _SB3Sampler(model, wrapped)
+    records: list[dict] = []
+
+    def evaluate(replies: int, t_step: float | None) -> None:
+        metrics, _ = evaluator(sampler)
+        if t_step is not None:
+            metrics["charts/seconds_per_interaction"] = t_step
+        records.append({"replies": replies, **metrics})
+
+    class Eval(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.t = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            replies = base_env.replies_spent
+            if replies and (replies % eval_every == 0 or replies == base_env.feedback_budget):
+                evaluate(replies, (time.perf_counter() - self.t) / (replies // k))
+            return True
+
+    evaluate(0, None)
+    model.learn(total_timesteps=steps, callback=Eval())
+    return records
+
+
+def run_all(a: argparse.Namespace) -> list[dict]:
+    agents = a.agents.split(",")
+    unknown = [x for x in agents if x not in ALL]
+    if unknown:
+        raise SystemExit(f"unknown agents {unknown}; expected from {ALL}")
+    env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
+    root = Path(a.out) / a.tag
+    results = []
+    for name in agents:
+        for seed in range(a.seeds):
+            mode = "pairwise" if name in PAIRWISE else "binary"
+            env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)
+            unet = load_pretrained(env.unwrapped.base_model)
+            evaluator = Evaluator(env, n=a.eval_samples)
+            run_dir = root / f"{name}-s{seed}"
+            t0 = time.perf_counter()
+            if name in SB3:
+                env.reset(seed=seed)
+                records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
+            else:
+                agent = make_agent(name, unet, env, seed, env.unwrapped.queries_per_step)
+                records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
+                for r in records[1:]:
+                    if "charts/seconds_learn" in r:
+                        r["charts/seconds_per_interaction"] = r["charts/seconds_sample"] + r["charts/seconds_learn"]
+            results.append(
+                {
+                    "agent": name,
+                    "seed": seed,
+                    "records": records,
+                    "wall": time.perf_counter() - t0,
+                    "collapse": collapse_report(records),
+                }
+            )
+            print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s")
+    return results
+
+
+def table(results: list[dict]) -> list[dict]:
+    """One row per agent: like-rate mean and 95% CI at each evaluation, and end-of-session figures."""
+    from scipy import stats
+
+    rows = []
+    for name in dict.fromkeys(r["agent"] for r in results):
+        runs = [r for r in results if r["agent"] == name]
+        recs = runs[0]["records"]
+        key = "eval/like_rate_judge" if "eval/like_rate_judge" in recs[0] else "eval/like_rate_oracle"
+        row: dict = {"agent": name, "seeds": len(runs), "metric": key.removeprefix("eval/")}
+        for i, rec in enumerate(recs):
+            vals = np.array([r["records"][i][key] for r in runs if i < len(r["records"])])
+            half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0
+            row[f"like@{rec['replies']}"] = f"{vals.mean():.3f} +- {half:.3f}"
+        ends = [r["records"][-1] for r in runs]
+        row["judge_conf"] = f"{np.mean([e['eval/judge_confidence'] for e in ends]):.3f}"
+        shares = [[e.get(f"eval/class_share/{c}", np.nan) for c in range(10)] for e in ends]
+        row["class_shares"] = " ".join(f"{s:.2f}" for s in np.mean(shares, 0))
+        secs = [e.get("charts/seconds_per_interaction") for e in ends if e.get("charts/seconds_per_interaction")]
+        row["s/interaction"] = f"{np.mean(secs):.2f}" if secs else "-"
+        row["collapsed_seeds"] = ",".join(str(r["seed"]) for r in runs if r["collapse"]) or "none"
+        rows.append(row)
+    return rows
+
+
+def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "results.jsonl").open("w") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    rows = table(results)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with (root / "table.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    md = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    md += ["| " + " | ".join(str(row.get(k, "")) for k in fields) + " |" for row in rows]
+    (root / "table.md").write_text("\n".join(md) + "\n")
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name in dict.fromkeys(r["agent"] for r in results):
+        runs = [r for r in results if r["agent"] == name]
+        key = "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
+        x = [rec["replies"] for rec in runs[0]["records"]]
+        y = np.array([[rec[key] for rec in r["records"]] for r in runs])
+        m = y.mean(0)
+        half = 1.96 * y.std(0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(m)
+        ax.plot(x, m, marker="o", ms=3, label=name)
+        ax.fill_between(x, m - half, m + half, alpha=0.15)
+    ax.set(xlabel="replies", ylabel="like-rate (judge)", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(root / "like_rate.png", dpi=120)
+    plt.close(fig)
+    return rows
+
+
+def final_grid(a: argparse.Namespace, root: Path) -> None:
+    """A row of 10 final samples per agent (seed 0), from the saved weights or the base model."""
+    from papa_env.diffusion import sample
+    from papa_env.models import load_model
+    from papa_env.viz import save_grid
+
+    env = gym.make(a.env)
+    rows = []
+    for name in a.agents.split(","):
+        weights = root / f"{name}-s0" / "model.safetensors"
+        unet = load_model(weights) if weights.exists() else load_pretrained(env.unwrapped.base_model)
+        rows.append(sample(unet, 10, generator=torch.Generator().manual_seed(0)))
+    save_grid(torch.cat(rows), root / "final_samples.png", nrow=10)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="PAPA-MNIST-v0")
+    p.add_argument("--agents", default=",".join(ALL), help=f"comma-separated, from {ALL}")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--budget", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-samples", type=int, default=200)
+    p.add_argument("--mistake-rate", type=float, default=0.0)
+    p.add_argument("--quick", action="store_true", help="1 seed, 20 replies, 50-sample evaluations every 10")
+    p.add_argument("--out", default="runs/benchmarks/compare")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seeds, a.budget, a.eval_every, a.eval_samples = 1, 20, 10, 50
+    a.tag = a.env + (f"-mistakes{a.mistake_rate:g}" if a.mistake_rate else "") + ("-quick" if a.quick else "")
+    root = Path(a.out) / a.tag
+    results = run_all(a)
+    rows = write_outputs(results, root, a.tag)
+    final_grid(a, root)
+    print((root / "table.md").read_text())
+    print(f"wrote {root}/results.jsonl, table.csv, table.md, like_rate.png, final_samples.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
