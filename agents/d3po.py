@@ -14,15 +14,14 @@ gradients accumulated over all steps and pairs, one AdamW step (lr 3e-5, weight 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from papa_env.agents.base import Agent
+from papa_env.agents.base import TrajectoryAgent
 
-from papa_env.diffusion import Trajectory, sample, sample_trajectory, trajectory_log_probs
+from papa_env.diffusion import sample_trajectory, trajectory_log_probs
 
 
 @dataclass
@@ -63,7 +62,7 @@ def d3po_loss(
     return -F.logsigmoid(beta * torch.log(ratio_w) - beta * torch.log(ratio_l))
 
 
-class D3PO(Agent):
+class D3PO(TrajectoryAgent):
     """D3PO around a pretrained UNet (copied; the original is the frozen reference)."""
 
     name = "d3po"
@@ -78,10 +77,7 @@ class D3PO(Agent):
         self.ref = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self._traj: Trajectory | None = None
-
-    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return sample(self.unet, n, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta, generator=generator)
+        self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         k = self.cfg.queries_per_step
@@ -97,16 +93,8 @@ class D3PO(Agent):
         )
         return self._traj.images.view(k, 2, *self._traj.images.shape[1:]).numpy()
 
-    def proposal_state(self) -> dict[str, np.ndarray]:
-        return self._traj.to_numpy() if self._traj is not None else {}
-
-    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
-        self._traj = Trajectory.from_numpy(state)
-
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
-        traj = self._traj
-        if traj is None or not np.allclose(traj.images.numpy(), np.asarray(queries).reshape(traj.images.shape)):
-            raise ValueError("D3PO learns from the trajectories of its own last proposal: call propose() first")
+        traj = self.check_proposal(queries)
         replies = np.asarray(replies)
         decided = np.flatnonzero(replies != 0)  # ties give no gradient
         if len(decided) == 0:
@@ -129,13 +117,3 @@ class D3PO(Agent):
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
         self.opt.step()
         return {"losses/d3po": total, "charts/decided_pairs": float(len(decided))}
-
-    def model(self) -> torch.nn.Module:
-        return self.unet
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "config": asdict(self.cfg)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.opt.load_state_dict(state["opt"])

@@ -14,14 +14,13 @@ KL-to-base term (as the authors). Their lr 3e-4 is for LoRA; here the whole (sma
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from papa_env.agents.base import Agent
+from papa_env.agents.base import TrajectoryAgent
 
-from papa_env.diffusion import Trajectory, sample, sample_trajectory, trajectory_log_probs
+from papa_env.diffusion import sample_trajectory, trajectory_log_probs
 
 
 @dataclass
@@ -72,7 +71,7 @@ def advantages_from_replies(replies: np.ndarray | torch.Tensor, adv_clip_max: fl
     return ((r - r.mean()) / (r.std(unbiased=False) + 1e-8)).clamp(-adv_clip_max, adv_clip_max)
 
 
-class DDPO(Agent):
+class DDPO(TrajectoryAgent):
     """DDPO around a pretrained UNet (copied; the original is left untouched)."""
 
     name = "ddpo"
@@ -86,10 +85,7 @@ class DDPO(Agent):
         self.cfg = config
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
-        self._traj: Trajectory | None = None
-
-    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return sample(self.unet, n, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta, generator=generator)
+        self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         self._traj = sample_trajectory(
@@ -101,16 +97,8 @@ class DDPO(Agent):
         )
         return self._traj.images.numpy()
 
-    def proposal_state(self) -> dict[str, np.ndarray]:
-        return self._traj.to_numpy() if self._traj is not None else {}
-
-    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
-        self._traj = Trajectory.from_numpy(state)
-
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
-        traj = self._traj
-        if traj is None or not np.allclose(traj.images.numpy(), queries):
-            raise ValueError("DDPO learns from the trajectories of its own last proposal: call propose() first")
+        traj = self.check_proposal(queries)
         adv = advantages_from_replies(replies, self.cfg.adv_clip_max)
         steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
         stats = {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0}
@@ -128,13 +116,3 @@ class DDPO(Agent):
             torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
             self.opt.step()
         return stats
-
-    def model(self) -> torch.nn.Module:
-        return self.unet
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "config": asdict(self.cfg)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.opt.load_state_dict(state["opt"])
