@@ -49,10 +49,11 @@ class Evaluator:
         self.env = env.unwrapped
         self.n, self.seed = n, seed
         self.judge = load_pretrained(f"{self.env.dataset}-judge")
-        pref = getattr(self.env.oracle.unwrapped, "preference", None)
-        self.liked_classes = (
-            torch.tensor(pref) if type(self.env.oracle.unwrapped).__name__ == "ClassifierOracle" else None
-        )
+        from papa_env.oracles import ClassifierOracle
+
+        user = self.env.oracle.unwrapped
+        # the judge can only say "liked" for users whose taste is a set of classes
+        self.liked_classes = torch.tensor(user.preference) if isinstance(user, ClassifierOracle) else None
         self._base_feats: np.ndarray | None = None
 
     def set_base(self, base_samples: torch.Tensor) -> None:
