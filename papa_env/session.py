@@ -49,11 +49,6 @@ class Evaluator:
         self.env = env.unwrapped
         self.n, self.seed = n, seed
         self.judge = load_pretrained(f"{self.env.dataset}-judge")
-        from papa_env.oracles import ClassifierOracle
-
-        user = self.env.oracle.unwrapped
-        # the judge can only say "liked" for users whose taste is a set of classes
-        self.liked_classes = torch.tensor(user.preference) if isinstance(user, ClassifierOracle) else None
         self._base_feats: np.ndarray | None = None
 
     def set_base(self, base_samples: torch.Tensor) -> None:
@@ -67,8 +62,12 @@ class Evaluator:
             "eval/judge_confidence": float(rep.confidence.mean()),
             "eval/max_class_share": float(rep.class_shares.max()),
         }
-        if self.liked_classes is not None:
-            out["eval/like_rate_judge"] = float(torch.isin(rep.labels, self.liked_classes).float().mean())
+        from papa_env.oracles import ClassifierOracle
+
+        user = self.env.oracle.unwrapped
+        if isinstance(user, ClassifierOracle):  # the judge can say "liked" only for a taste made of classes
+            liked = torch.tensor(user.preference)
+            out["eval/like_rate_judge"] = float(torch.isin(rep.labels, liked).float().mean())
         for c, s in enumerate(rep.class_shares):
             out[f"eval/class_share/{c}"] = float(s)
         if self._base_feats is not None:
