@@ -83,7 +83,20 @@ def ddpm_card(name: str, quality: dict, others: list[dict]) -> str:
         for q in [quality, *others]
     )
     shares = ", ".join(f"{c}: {s:.3f}" for c, s in enumerate(quality["class_shares"]))
+    met = (
+        quality["confident_fraction"] >= bar
+        and 0.05 <= quality["min_class_share"] <= quality["max_class_share"] <= 0.15
+    )
+    status = (
+        "meets the quality bar"
+        if met
+        else f"**below the quality bar** ({quality['confident_fraction']:.3f} confident, bar {bar}; class shares "
+        f"{quality['min_class_share']:.3f}..{quality['max_class_share']:.3f}, bar 0.05..0.15): training continues "
+        "by resuming with a larger `--steps`"
+    )
     return f"""# {name}
+
+Status: {status}.
 
 Unconditional diffusers `UNet2DModel` ({_params(model)} parameters; block_out_channels
 {tuple(model.config.block_out_channels)}, one ResNet layer per block, attention at 7x7), epsilon prediction,
@@ -94,6 +107,7 @@ training images; these are the EMA weights.
 |---|---|
 | steps x batch | {meta.get("steps")} x 64 (AdamW, lr 6e-4, 200 warm-up steps, cosine to lr/10; EMA up to 0.999) |
 | wall time | {meta.get("wall_minutes")} min of training on {MACHINE}, both base models side by side (a core each) |
+| | and the classifier trainings part of the time |
 
 Quality as the judge (`{ds}-judge`) sees 1,000 samples (`python -m benchmarks.base_quality --dataset {ds}`;
 bar: >= {bar} confident, every class 5-15%); Frechet distance in the judge's features to 1,000 test images
