@@ -257,8 +257,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="1 seed, 20 replies, 50-sample evaluations every 10")
     p.add_argument("--out", default="runs/benchmarks/compare")
     a = p.parse_args(argv)
-    if a.quick:
-        a.seeds, a.budget, a.eval_every, a.eval_samples = 1, 20, 10, 50
+    if a.quick:  # quick values for the flags left at their defaults
+        for flag, value in dict(seeds=1, budget=20, eval_every=10, eval_samples=50).items():
+            if getattr(a, flag) == p.get_default(flag):
+                setattr(a, flag, value)
     a.tag = a.env + (f"-mistakes{a.mistake_rate:g}" if a.mistake_rate else "") + ("-quick" if a.quick else "")
     root = Path(a.out) / a.tag
     results = run_all(a)
