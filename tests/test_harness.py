@@ -33,8 +33,9 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
     assert [r["agent"] for r in rows] == agents.split(",")
     results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
     for r in results:
-        assert [rec["replies"] for rec in r["records"]] == [0, 10], r["agent"]
+        assert [rec["replies"] for rec in r["records"]] == [0, 20], r["agent"]
         assert 0 <= r["records"][-1]["eval/like_rate_judge"] <= 1
+    # (at 10 replies, one interaction per session, SB3 PPO's update turns NaN: an open item of the baselines issue)
     # every learner persisted its replies before learning; SB3 through the ReplyLog wrapper
     for name in agents.split(","):
         assert (root / f"{name}-s0" / "replies.jsonl").exists(), name
