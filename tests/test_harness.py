@@ -16,9 +16,9 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
         [
             "--quick",
             "--budget",
-            "10",
+            "20",
             "--eval-every",
-            "10",
+            "20",
             "--eval-samples",
             "20",
             "--agents",
