@@ -76,10 +76,25 @@ class DDPMTrainConfig:
     """JSON overrides of papa_env.models.UNET_CONFIG, e.g. '{"block_out_channels": [4, 8, 8]}'"""
 
 
+def _check_positive(cfg: object, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
+    """ValueError naming the first field that is not a positive number."""
+    for name in ints:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    for name in floats:
+        v = getattr(cfg, name)
+        if not v > 0:
+            raise ValueError(f"{name} must be > 0, got {v!r}")
+
+
 def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     """Train (or resume) an unconditional epsilon-prediction DDPM; returns the EMA weights path."""
     from diffusers.training_utils import EMAModel
 
+    _check_positive(cfg, ("steps", "batch_size", "checkpoint_every", "log_every"), ("lr", "grad_clip"))
+    if not 0 < cfg.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1), got {cfg.ema_decay!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -246,6 +261,7 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def train_classifier(cfg: ClassifierTrainConfig) -> float:
     """Train a classifier on the train split, save it, return its accuracy on the test split."""
+    _check_positive(cfg, ("epochs", "batch_size"), ("lr",))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)

