@@ -119,7 +119,7 @@ def test_replies_and_config_errors(tiny_unet) -> None:
     with pytest.raises(ValueError, match="k must be"):
         PAPA(tiny_unet, PAPAConfig(k=1000))
     assert PRESETS["faithful"].timesteps_per_image is None and PRESETS["faithful"].num_sampling_steps == 1000
-    assert PRESETS["epapa"].k == 400
+    assert PRESETS["faithful-epapa"].k == 400 and PRESETS["epapa"].k == 300
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,3 +222,38 @@ def test_tiny_agent_with_a_reckless_learning_rate_is_caught_collapsing(tiny_unet
     rates = [r["eval/like_rate_oracle"] for r in records]
     print(f"lr 0.3: like-rate {rates}")
     assert collapse_report(records, tolerance=0.05), rates
+
+
+def test_dislike_margin_stops_pushing_a_disliked_query_past_the_cap() -> None:
+    """Bounded dislike term: a disliked row whose error exceeds (1 + margin) x the base's gives no gradient."""
+    x0, noise = torch.full((1, 1, 28, 28), 0.5), torch.full((1, 1, 28, 28), 1.0)
+    ts, y = torch.tensor([[300]]), torch.tensor([-1.0])
+    cfg = PAPAConfig(model_coef=0.0, dislike_margin=0.5)
+    abar = make_scheduler().alphas_cumprod[300]
+    xt = float(abar.sqrt() * 0.5 + (1 - abar).sqrt())
+
+    def grad(a: float, base_a: float, margin: float | None) -> float:
+        unet = Linear(a)
+        papa_loss(unet, Linear(base_a), x0, y, ts, noise, 1.0, replace(cfg, dislike_margin=margin), backward=True)
+        return unet.a.grad.item()
+
+    # the base's error (0.9 xt - 1)^2; a = 0.9 is at the cap's lower side, a = 0.0 far above it (error 1 vs ~0)
+    base_a = 1 / xt  # the base denoises this row perfectly: cap = 0 -> any error > cap, no push
+    assert grad(0.0, base_a, 0.5) == 0.0
+    assert grad(0.0, base_a, None) != 0.0  # the authors' unbounded term still pushes
+    base_a = 0.0  # the base's error is 1: cap 1.5; the tuned model's error (a xt - 1)^2 = 0.25 < cap: pushes
+    a = 0.5 / xt
+    assert grad(a, base_a, 0.5) == pytest.approx(grad(a, base_a, None), rel=1e-6) != 0.0
+
+
+def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
+    agent = _agent(tiny_unet, updates_per_interaction=3, replay=4)
+    q = agent.propose(torch.Generator().manual_seed(0))
+    agent.learn(q, np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1]))
+    assert agent.updates == 3 and len(agent.buffer_y) == 8  # skips are not kept
+    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10)))
+    assert len(batches) == 3 and all(len(xb) == 14 for xb, _ in batches)  # 10 new + 4 replayed
+    state = agent.state_dict()
+    other = _agent(tiny_unet, updates_per_interaction=3, replay=4)
+    other.load_state_dict(state)
+    assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
