@@ -1,7 +1,7 @@
 """PAPA / EPAPA against the goals of the agents issue: like-rate, collapse, quality, speed, over seeds.
 
     python -m benchmarks.papa_goals --presets fast,epapa --seeds 5               # the 300-reply table
-    python -m benchmarks.papa_goals --presets faithful --seeds 1 --budget 10     # time the authors' recipe
+    python -m benchmarks.papa_goals --presets fast,epapa --seeds 5 --time-faithful 3   # + the authors' recipe timed
     python -m benchmarks.papa_goals --env PAPA-MNIST-Style-v0 --presets epapa --seeds 3
 
 Each (preset, seed) is a resumable session in ``<out>/<env>/<preset>-s<seed>`` (rerunning skips finished
@@ -36,7 +36,7 @@ def run_one(
     records = run_session(
         agent, env, out, eval_every=eval_every, evaluator=Evaluator(env, n=eval_samples), seed=seed, progress=True
     )
-    secs = [(r["charts/seconds_sample"] + r["charts/seconds_learn"]) for r in records if "charts/seconds_learn" in r]
+    secs = [r["charts/seconds_per_interaction"] for r in records if "charts/seconds_per_interaction" in r]
     return {
         "preset": preset,
         "seed": seed,
@@ -44,6 +44,9 @@ def run_one(
         "wall": time.perf_counter() - t0,
         "seconds_per_interaction": float(np.mean(secs)) if secs else None,
         "collapse": collapse_report(records),
+        "liked_classes": [int(c) for c in getattr(env.unwrapped.oracle.unwrapped, "preference", [])]
+        if "eval/like_rate_judge" in records[0]
+        else [],
     }
 
 
@@ -57,6 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-samples", type=int, default=200)
     p.add_argument("--mistake-rate", type=float, default=0.0, help="a user who errs this often")
     p.add_argument("--out", default="runs/benchmarks/papa")
+    p.add_argument(
+        "--time-faithful",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the `faithful` preset (seed 0) for N interactions in this process and compare speeds",
+    )
     a = p.parse_args(argv)
     presets = a.presets.split(",")
     unknown = [x for x in presets if x not in PRESETS]
@@ -75,7 +85,27 @@ def main(argv: list[str] | None = None) -> dict:
     (root / "summary.json").write_text(json.dumps({"args": vars(a), "summary": summary}, indent=2))
     plot(results, root / "like_rate.png", tag)
     print_summary(summary, tag)
+    if a.time_faithful:
+        k = gym.make(a.env).unwrapped.queries_per_step
+        budget = a.time_faithful * k
+        slow = run_one(a.env, "faithful", 0, budget, budget, a.eval_samples, root / "faithful-s0", env_kwargs)
+        summary["faithful"] = summarize([slow])["faithful"]
+        summary["faithful"]["interactions"] = a.time_faithful
+        (root / "summary.json").write_text(json.dumps({"args": vars(a), "summary": summary}, indent=2))
+        print_speed(summary, a.time_faithful)
     return summary
+
+
+def print_speed(summary: dict, interactions: int) -> None:
+    """Seconds per interaction of each preset and its speed-up over the authors' recipe."""
+    slow = summary["faithful"]["seconds_per_interaction"]
+    print(f"\nspeed (same process, same model; faithful run for {interactions} interactions only)")
+    for preset, s in summary.items():
+        secs = s["seconds_per_interaction"]
+        print(
+            f"  {preset:>14}: {secs:8.2f} s/interaction  x{slow / secs:7.1f} faster than faithful;"
+            f" like-rate {s['like_rate_mean'][-1]:.3f} after {s['replies'][-1]} replies"
+        )
 
 
 def summarize(results: list[dict]) -> dict:
@@ -86,19 +116,27 @@ def summarize(results: list[dict]) -> dict:
         replies = [rec["replies"] for rec in runs[0]["records"]]
         curve = np.array([[rec[key] for rec in r["records"]] for r in runs])
         final = [r["records"][-1] for r in runs]
-        liked_shares = []
-        for rec in final:
-            shares = {k: v for k, v in rec.items() if k.startswith("eval/class_share/")}
-            liked_shares.append(min(shares.values()) if shares else float("nan"))
+        liked_shares = [  # the smallest share of a liked class at the end, per seed (collapse onto a few)
+            min((rec[f"eval/class_share/{c}"] for c in r["liked_classes"]), default=float("nan"))
+            for r, rec in zip(runs, final)
+        ]
         out[preset] = {
             "metric": key,
             "replies": replies,
             "like_rate_mean": curve.mean(0).tolist(),
             "like_rate_std": curve.std(0).tolist(),
+            "user_like_rate_mean": np.mean(
+                [[rec["eval/like_rate_oracle"] for rec in r["records"]] for r in runs], 0
+            ).tolist(),
             "judge_confidence_start": float(np.mean([r["records"][0]["eval/judge_confidence"] for r in runs])),
             "judge_confidence_end": float(np.mean([rec["eval/judge_confidence"] for rec in final])),
             "max_class_share_end": float(np.mean([rec["eval/max_class_share"] for rec in final])),
+            "min_liked_share_end": float(np.min(liked_shares)),
+            "max_class_share_any": float(max(rec["eval/max_class_share"] for r in runs for rec in r["records"])),
             "seconds_per_interaction": float(np.mean([r["seconds_per_interaction"] or np.nan for r in runs])),
+            "update_rows_per_interaction": float(
+                np.mean([rec["compute/rows"] for r in runs for rec in r["records"] if "compute/rows" in rec])
+            ),
             "collapsed_seeds": [r["seed"] for r in runs if r["collapse"]],
             "seeds": len(runs),
         }
@@ -112,9 +150,14 @@ def print_summary(summary: dict, tag: str) -> None:
             f"{n}: {m:.3f}+-{sd:.3f}" for n, m, sd in zip(s["replies"], s["like_rate_mean"], s["like_rate_std"])
         )
         print(f"  {preset:>14} ({s['seeds']} seeds, {s['metric']}) {cells}")
+        if s["metric"] != "eval/like_rate_oracle":
+            user = "  ".join(f"{n}: {m:.3f}" for n, m in zip(s["replies"], s["user_like_rate_mean"]))
+            print(f"  {'':>14} (the user's own like-rate, mean) {user}")
         print(
             f"  {'':>14} judge confidence {s['judge_confidence_start']:.3f} -> {s['judge_confidence_end']:.3f};"
-            f" max class share {s['max_class_share_end']:.3f}; {s['seconds_per_interaction']:.2f} s/interaction;"
+            f" smallest liked-class share {s['min_liked_share_end']:.3f} (worst seed);"
+            f" max class share {s['max_class_share_end']:.3f}; {s['seconds_per_interaction']:.2f} s/interaction"
+            f" ({s['update_rows_per_interaction']:.0f} update rows);"
             f" collapsed seeds: {s['collapsed_seeds'] or 'none'}"
         )
 

@@ -90,9 +90,19 @@ def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, ru
     k = base_env.queries_per_step
     steps = base_env.feedback_budget // k
     if algo == "sb3-ppo":
+        # The action has K x 784 dims: the log-prob ratio of a whole action moves fast, and once exp() of it
+        # overflows PPO's loss goes inf / NaN. target_kl stops each update before that (SB3's own knob).
         n_steps = max(2, min(10, steps))
         model = sb3.PPO(
-            "MultiInputPolicy", wrapped, n_steps=n_steps, batch_size=n_steps, n_epochs=4, seed=seed, device="cpu"
+            "MultiInputPolicy",
+            wrapped,
+            n_steps=n_steps,
+            batch_size=n_steps,
+            n_epochs=4,
+            learning_rate=1e-4,
+            target_kl=0.02,
+            seed=seed,
+            device="cpu",
         )
     else:
         model = sb3.SAC(
@@ -150,9 +160,6 @@ def run_all(a: argparse.Namespace) -> list[dict]:
             else:
                 agent = make_agent(name, unet, env, seed, env.unwrapped.queries_per_step)
                 records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
-                for r in records[1:]:
-                    if "charts/seconds_learn" in r:
-                        r["charts/seconds_per_interaction"] = r["charts/seconds_sample"] + r["charts/seconds_learn"]
             results.append(
                 {
                     "agent": name,

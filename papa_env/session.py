@@ -172,6 +172,7 @@ def run_session(
         records.append(_log_eval(run, 0, metrics, images, "before"))
     bar = tqdm(total=steps_total, initial=step, desc=f"{agent.name} session", disable=not progress)
     done_here = 0
+    t_samples, t_learns = [], []  # seconds of each interaction since the last evaluation
     while step < steps_total:
         if stop_after_steps is not None and done_here >= stop_after_steps:
             break
@@ -201,6 +202,8 @@ def run_session(
         t1 = time.perf_counter()
         stats = agent.learn(queries, replies)
         t_learn = time.perf_counter() - t1
+        t_samples.append(t_sample)
+        t_learns.append(t_learn)
         if run is not None:
             _checkpoint(run, agent, base_env, gen, step, records)
         bar.update(1)
@@ -210,10 +213,12 @@ def run_session(
             metrics, images = evaluator(agent)
             metrics |= {
                 "charts/reward": reward,
-                "charts/seconds_sample": t_sample,
-                "charts/seconds_learn": t_learn,
+                "charts/seconds_sample": float(np.mean(t_samples)),
+                "charts/seconds_learn": float(np.mean(t_learns)),
+                "charts/seconds_per_interaction": float(np.mean(t_samples) + np.mean(t_learns)),
                 **{f"{key}": v for key, v in stats.items()},
             }
+            t_samples, t_learns = [], []
             records.append(_log_eval(run, replies_done, metrics, images, "after" if step == steps_total else None))
             if run is not None:
                 _checkpoint(run, agent, base_env, gen, step, records)

@@ -11,9 +11,7 @@ from benchmarks import run
 
 @pytest.mark.slow
 def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
-    # sb3-ppo / sb3-sac are left out: in this tiny setting SB3 PPO's policy turned NaN on some runs (an open bug of
-    # the baselines issue); tests/test_baselines.py runs SB3 PPO and SAC on the wrapped env.
-    agents = "papa,epapa,ddpo,d3po,reward-model,base,oracle-best-of-n"
+    agents = "papa,epapa,ddpo,d3po,sb3-ppo,sb3-sac,reward-model,base,oracle-best-of-n"
     rows = run.main(
         [
             "--quick",
@@ -42,3 +40,31 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
         assert (root / f"{name}-s0" / "replies.jsonl").exists(), name
     with pytest.raises(SystemExit, match="unknown agents"):
         run.main(["--quick", "--agents", "papa,dpo", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_papa_goals_script_runs_and_summarizes(tmp_path) -> None:
+    from benchmarks import papa_goals
+
+    args = ["--presets", "epapa", "--seeds", "1", "--budget", "20", "--eval-every", "10", "--eval-samples", "20"]
+    summary = papa_goals.main([*args, "--out", str(tmp_path)])
+    s = summary["epapa"]
+    assert s["replies"] == [0, 10, 20] and len(s["like_rate_mean"]) == 3
+    assert 0 <= s["min_liked_share_end"] <= 1 and s["seconds_per_interaction"] > 0
+    assert (tmp_path / "PAPA-MNIST-v0" / "summary.json").exists() and (
+        tmp_path / "PAPA-MNIST-v0" / "like_rate.png"
+    ).exists()
+
+
+@pytest.mark.slow
+def test_papa_sweep_applies_overrides_and_rejects_unknown_fields(tmp_path) -> None:
+    from benchmarks import papa_sweep
+
+    log = tmp_path / "sweep.jsonl"
+    args = ["--preset", "epapa", "--set", "k=500", "--set", "dislike_margin=None", "--budget", "10"]
+    result = papa_sweep.main([*args, "--eval-every", "10", "--eval-samples", "10", "--log", str(log)])
+    assert result["overrides"] == {"k": 500, "dislike_margin": None}
+    assert result["replies"] == [0, 10] and len(result["like_rate"]) == 2
+    assert json.loads(log.read_text())["seed"] == 0
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        papa_sweep.main(["--set", "learning_rate=1"])
