@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps({"args": vars(a), "summary": summary}, indent=2))
     plot(results, root / "like_rate.png", tag)
+    (root / "summary.md").write_text(markdown(summary))
     print_summary(summary, tag)
     if a.time_faithful:
         k = gym.make(a.env).unwrapped.queries_per_step
@@ -141,6 +142,28 @@ def summarize(results: list[dict]) -> dict:
             "seeds": len(runs),
         }
     return out
+
+
+def markdown(summary: dict) -> str:
+    """The summary as a Markdown table (what README shows)."""
+    presets = [p for p in summary if p != "faithful" or "interactions" not in summary[p]]
+    replies = summary[presets[0]]["replies"]
+    head = ["preset", *[f"@{n}" for n in replies[1:]], "judge conf.", "smallest liked share", "largest share (any)"]
+    head += ["s / interaction", "update rows", "collapsed seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for preset in presets:
+        s = summary[preset]
+        cells = [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(s["like_rate_mean"][1:], s["like_rate_std"][1:])]
+        cells += [
+            f"{s['judge_confidence_start']:.3f} -> {s['judge_confidence_end']:.3f}",
+            f"{s['min_liked_share_end']:.3f}",
+            f"{s['max_class_share_any']:.3f}",
+            f"{s['seconds_per_interaction']:.2f}",
+            f"{s['update_rows_per_interaction']:.0f}",
+            ", ".join(map(str, s["collapsed_seeds"])) or "none",
+        ]
+        lines.append(f"| `{preset}` ({s['seeds']} seeds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(summary: dict, tag: str) -> None:

@@ -51,7 +51,7 @@ def test_papa_goals_script_runs_and_summarizes(tmp_path) -> None:
     s = summary["epapa"]
     assert s["replies"] == [0, 10, 20] and len(s["like_rate_mean"]) == 3
     assert 0 <= s["min_liked_share_end"] <= 1 and s["seconds_per_interaction"] > 0
-    assert (tmp_path / "PAPA-MNIST-v0" / "summary.json").exists() and (
+    assert (tmp_path / "PAPA-MNIST-v0" / "summary.md").read_text().startswith("| preset") and (
         tmp_path / "PAPA-MNIST-v0" / "like_rate.png"
     ).exists()
 
