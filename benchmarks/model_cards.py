@@ -27,9 +27,15 @@ CLASSIFIER_COMMANDS = {
     "--threads 1 --out papa_env/weights/fashion-mnist-judge.safetensors",
 }
 DDPM_COMMAND = (
-    "papa pretrain ddpm --dataset {ds} --steps 4500 --batch-size 64 --lr 6e-4 --threads 1 "
+    "papa pretrain ddpm --dataset {ds} --steps {steps} --batch-size 64 --lr 6e-4 --threads {threads} "
     "--out checkpoints/{ds}-ddpm --export papa_env/weights/{ds}-ddpm.safetensors"
 )
+# How each shipped DDPM was trained: (--steps, --threads, trained up to step), resumed in this order. The
+# cosine learning rate runs over --steps, so a resume with a larger --steps raises it again from there.
+DDPM_HISTORY = {
+    "mnist": [(6000, 1, 1250), (4500, 1, 4500), (10500, 2, 10500)],
+    "fashion-mnist": [(6000, 1, 1250), (4500, 1, 4500)],
+}
 MACHINE = "2 CPU cores (AMD EPYC, AVX2), no GPU"
 
 
@@ -83,6 +89,10 @@ def ddpm_card(name: str, quality: dict, others: list[dict]) -> str:
         for q in [quality, *others]
     )
     shares = ", ".join(f"{c}: {s:.3f}" for c, s in enumerate(quality["class_shares"]))
+    history = "\n".join(
+        f"    {DDPM_COMMAND.format(ds=ds, steps=steps, threads=threads)}   # until step {until}"
+        for steps, threads, until in DDPM_HISTORY[ds]
+    )
     met = (
         quality["confident_fraction"] >= bar
         and 0.05 <= quality["min_class_share"] <= quality["max_class_share"] <= 0.15
@@ -106,8 +116,8 @@ training images; these are the EMA weights.
 | training | |
 |---|---|
 | steps x batch | {meta.get("steps")} x 64 (AdamW, lr 6e-4, 200 warm-up steps, cosine to lr/10; EMA up to 0.999) |
-| wall time | {meta.get("wall_minutes")} min of training on {MACHINE}, both base models side by side (a core each) |
-| | and the classifier trainings part of the time |
+| wall time | {meta.get("wall_minutes")} min of training on {MACHINE}; the first 4,500 steps with both base models |
+| | side by side (a core each) and the classifier trainings part of the time |
 
 Quality as the judge (`{ds}-judge`) sees 1,000 samples (`python -m benchmarks.base_quality --dataset {ds}`;
 bar: >= {bar} confident, every class 5-15%); Frechet distance in the judge's features to 1,000 test images
@@ -121,14 +131,15 @@ bar: >= {bar} confident, every class 5-15%); Frechet distance in the judge's fea
 Default sampler (first row) class shares: {shares}. The user's classifier agrees with the judge on
 {quality["user_judge_agreement"]:.3f} of these samples.
 
-Reproduce (with `PAPA_DATA_DIR` pointing at torchvision-layout data):
+Reproduce (with `PAPA_DATA_DIR` pointing at torchvision-layout data): the shipped run is these commands in
+order, each resuming the checkpoint in `checkpoints/{ds}-ddpm` and stopped at the step given (Ctrl-C / SIGTERM
+checkpoints; the last one runs to its end). The cosine learning rate runs over `--steps`, so each resume with a
+different `--steps` changed the schedule from that step on; `--threads` changes speed, not results beyond
+floating-point summation order.
 
-    {DDPM_COMMAND.format(ds=ds)}
+{history}
 
-The shipped run was started with `--steps 6000` and shortened to `--steps 4500` at step 1,250 (a resume; the
-cosine learning rate then differed by < 6% for those first steps), so the command above reproduces it up to
-that difference. The trainer resumes from `checkpoints/{ds}-ddpm` when rerun, and a larger `--steps` continues
-training.
+A larger `--steps` continues training from the last checkpoint.
 """
 
 
