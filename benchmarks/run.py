@@ -128,7 +128,8 @@ def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, ru
             self.t = time.perf_counter()
 
         def _on_step(self) -> bool:
-            replies = base_env.replies_spent
+            # the VecEnv has already reset the env after the budget's last step: count from that step's info
+            replies = base_env.feedback_budget - int(self.locals["infos"][0]["replies_left"])
             if replies and (replies % eval_every == 0 or replies == base_env.feedback_budget):
                 evaluate(replies, (time.perf_counter() - self.t) / (replies // k))
             return True
