@@ -209,6 +209,10 @@ class PAPA(Agent):
             raise ValueError(f"k must be in [0, {T}), got {config.k}")
         if config.lr <= 0 or config.batch_size < 1 or config.queries_per_step < 1:
             raise ValueError("lr must be > 0 and batch_size, queries_per_step >= 1")
+        if config.updates_per_interaction is not None and config.updates_per_interaction < 1:
+            raise ValueError(f"updates_per_interaction must be >= 1 or None, got {config.updates_per_interaction}")
+        if config.replay < 0 or (config.dislike_margin is not None and config.dislike_margin < 0):
+            raise ValueError(f"replay and dislike_margin must be >= 0, got {config.replay}, {config.dislike_margin}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
             raise ValueError(f"timesteps_per_image must be >= 1 or None, got {config.timesteps_per_image}")
         self.cfg = config

@@ -257,3 +257,9 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     other = _agent(tiny_unet, updates_per_interaction=3, replay=4)
     other.load_state_dict(state)
     assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
+
+
+@pytest.mark.parametrize("bad", [{"updates_per_interaction": 0}, {"replay": -1}, {"dislike_margin": -0.5}])
+def test_new_fast_options_reject_bad_values(tiny_unet, bad) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        PAPA(tiny_unet, PAPAConfig(**bad))
