@@ -5,11 +5,14 @@
     python -m benchmarks.run --quick          # 1 seed, 20 replies, small evaluations: a smoke test in minutes
     python -m benchmarks.run --env PAPA-MNIST-v0 --mistake-rate 0.1 ...   # a user who errs 10% of the time
 
-Every (agent, seed) is a session in ``<out>/<tag>/<agent>-s<seed>`` (the learners' sessions resume when rerun).
+Every (agent, seed) is a session in ``<out>/<tag>/<agent>-s<seed>``: a finished one is read back from its
+``result.json`` when rerun, an unfinished learner resumes, an unfinished SB3 run starts over. ``--workers 2``
+runs two sessions side by side (one process and one CPU thread each on 2 cores).
 Writes under ``<out>/<tag>``: ``results.jsonl`` (every evaluation record), ``table.csv`` and ``table.md``
 (like-rate at each evaluation, mean and 95% CI over seeds; liked-class shares, judge confidence and seconds per
 interaction at the end), ``like_rate.png`` (mean +- 95% CI bands) and ``final_samples.png`` (a row per agent).
-``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent.
+``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
+do not learn, so they are evaluated at the start and the end of the budget only.
 """
 
 from __future__ import annotations
@@ -83,10 +86,11 @@ def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, ru
     import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from papa_env.wrappers import NoiseToImage, ReplyLog
+    from papa_env.wrappers import BudgetFraction, NoiseToImage, ReplyLog
 
     base_env = env.unwrapped
-    wrapped = NoiseToImage(ReplyLog(env, run_dir))
+    # SAC's policy squashes with tanh: atanh-decoded [-1, 1] actions make its untrained policy base-model noise
+    wrapped = NoiseToImage(BudgetFraction(ReplyLog(env, run_dir)), squashed=algo == "sb3-sac")
     k = base_env.queries_per_step
     steps = base_env.feedback_budget // k
     if algo == "sb3-ppo":
@@ -139,39 +143,68 @@ def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, ru
     return records
 
 
+def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = None) -> dict:
+    """One (agent, seed) session under ``<out>/<tag>/<agent>-s<seed>``; its result is cached in ``result.json``.
+
+    A finished session is read back, not rerun. An unfinished learner session resumes from its folder (no reply
+    lost); an unfinished SB3 session starts over in a clean folder (SB3's ``learn`` keeps its replay buffer /
+    rollouts in memory, so a half-done one cannot be resumed faithfully).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(a.out) / a.tag / f"{name}-s{seed}"
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
+    mode = "pairwise" if name in PAIRWISE else "binary"
+    env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)
+    unet = load_pretrained(env.unwrapped.base_model)
+    evaluator = Evaluator(env, n=a.eval_samples)
+    t0 = time.perf_counter()
+    if name in SB3:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        env.reset(seed=seed)
+        records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
+    else:
+        agent = make_agent(name, unet, env, seed, env.unwrapped.queries_per_step)
+        # the references never change with the replies: evaluated at the start and the end only (the best-of-N
+        # ceiling's evaluations cost N x the samples)
+        every = a.budget if name in REFERENCES else a.eval_every
+        records = run_session(agent, env, run_dir, eval_every=every, evaluator=evaluator, seed=seed)
+    result = {
+        "agent": name,
+        "seed": seed,
+        "records": records,
+        "wall": time.perf_counter() - t0,
+        "collapse": collapse_report(records),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result))
+    print(f"{name} seed {seed}: {result['wall']:.0f} s")
+    return result
+
+
 def run_all(a: argparse.Namespace) -> list[dict]:
+    """Every (agent, seed) session, in ``a.workers`` processes (each with its share of the CPU threads)."""
     agents = a.agents.split(",")
     unknown = [x for x in agents if x not in ALL]
     if unknown:
         raise SystemExit(f"unknown agents {unknown}; expected from {ALL}")
-    env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
-    root = Path(a.out) / a.tag
-    results = []
-    for name in agents:
-        for seed in range(a.seeds):
-            mode = "pairwise" if name in PAIRWISE else "binary"
-            env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)
-            unet = load_pretrained(env.unwrapped.base_model)
-            evaluator = Evaluator(env, n=a.eval_samples)
-            run_dir = root / f"{name}-s{seed}"
-            t0 = time.perf_counter()
-            if name in SB3:
-                env.reset(seed=seed)
-                records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
-            else:
-                agent = make_agent(name, unet, env, seed, env.unwrapped.queries_per_step)
-                records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
-            results.append(
-                {
-                    "agent": name,
-                    "seed": seed,
-                    "records": records,
-                    "wall": time.perf_counter() - t0,
-                    "collapse": collapse_report(records),
-                }
-            )
-            print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f} s")
-    return results
+    jobs = [(name, seed) for name in agents for seed in range(a.seeds)]
+    workers = max(1, int(getattr(a, "workers", 1)))
+    if workers == 1:
+        return [run_one(a, name, seed) for name, seed in jobs]
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, a, name, seed, threads) for name, seed in jobs]
+        return [f.result() for f in futures]  # in job order, whatever order they finish in
 
 
 def table(results: list[dict]) -> list[dict]:
@@ -264,7 +297,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--mistake-rate", type=float, default=0.0)
     p.add_argument("--quick", action="store_true", help="1 seed, 20 replies, 50-sample evaluations every 10")
     p.add_argument("--out", default="runs/benchmarks/compare")
+    p.add_argument(
+        "--workers", type=int, default=1, help="sessions run side by side, each in its own process (CPU threads split)"
+    )
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     if a.quick:  # quick values for the flags left at their defaults
         for flag, value in dict(seeds=1, budget=20, eval_every=10, eval_samples=50).items():
             if getattr(a, flag) == p.get_default(flag):

@@ -131,6 +131,62 @@ def test_noise_wrapper_decodes_with_the_base_model_and_passes_check_env(tiny_une
         NoiseToImage(env.env, tiny_unet, noise_bound=0)
 
 
+def test_squashed_noise_wrapper_decodes_atanh_and_has_a_normalised_box(tiny_unet) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    from papa_env.wrappers import BudgetFraction, NoiseToImage
+
+    plain = NoiseToImage(PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=6), tiny_unet, num_steps=2)
+    env = NoiseToImage(
+        BudgetFraction(PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=6)),
+        tiny_unet,
+        num_steps=2,
+        squashed=True,
+    )
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, warn=True)
+    assert [str(w.message) for w in caught] == []  # a [-1, 1] box and observations in their space
+    assert env.action_space.low.min() == -1.0 and env.action_space.high.max() == 1.0
+    z = np.random.default_rng(0).standard_normal(env.action_space.shape).astype(np.float32)
+    assert np.allclose(env.action(np.tanh(z)), plain.action(z), atol=1e-4)
+    # the box's edges are finite noise, clipped like the plain wrapper's
+    edge = env.noise(np.ones(env.action_space.shape, np.float32))
+    assert torch.isfinite(edge).all() and float(edge.max()) == pytest.approx(3.0)
+
+
+def test_budget_fraction_scales_replies_left(tiny_unet) -> None:
+    from papa_env.wrappers import BudgetFraction
+
+    env = BudgetFraction(PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=6))
+    obs, _ = env.reset(seed=0)
+    assert obs["replies_left"].tolist() == [1.0] and obs in env.observation_space
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs["replies_left"].tolist() == pytest.approx([4 / 6]) and obs in env.observation_space
+
+
+def test_untrained_sac_on_the_squashed_wrapper_samples_near_standard_normal_noise(tiny_unet) -> None:
+    """SAC's untrained policy must start near the base model: its decoded x_T close to N(0, 1) per pixel."""
+    import stable_baselines3 as sb3
+
+    from papa_env.wrappers import BudgetFraction, NoiseToImage
+
+    def decoded_noise(squashed: bool, scaled: bool) -> np.ndarray:
+        env = PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=300)
+        env = NoiseToImage(BudgetFraction(env) if scaled else env, tiny_unet, num_steps=1, squashed=squashed)
+        model = sb3.SAC("MultiInputPolicy", env, buffer_size=10, seed=0, device="cpu")
+        obs, _ = env.reset(seed=0)
+        return np.stack([env.noise(model.predict(obs)[0]).numpy() for _ in range(20)])
+
+    x = decoded_noise(squashed=True, scaled=True)
+    assert abs(x.mean()) < 0.1 and 0.8 < x.std() < 1.25
+    # what it replaces: 3 * tanh(z) of a policy fed the raw reply count, mostly at the box's edges
+    raw = decoded_noise(squashed=False, scaled=False)
+    assert raw.std() > 2.0
+
+
 @pytest.mark.parametrize("algo", ["PPO", "SAC"])
 def test_sb3_runs_unchanged_on_the_wrapped_env(tiny_unet, algo) -> None:
     import stable_baselines3 as sb3

@@ -40,6 +40,26 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
         assert (root / f"{name}-s0" / "replies.jsonl").exists(), name
     with pytest.raises(SystemExit, match="unknown agents"):
         run.main(["--quick", "--agents", "papa,dpo", "--out", str(tmp_path)])
+    # a rerun reads the finished sessions back instead of spending replies again
+    before = {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in agents.split(",")}
+    again = run.main(["--quick", "--budget", "20", "--eval-every", "20", "--eval-samples", "20", "--agents", agents,
+                      "--out", str(tmp_path)])  # fmt: skip
+    assert again == rows
+    assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in agents.split(",")}
+
+
+@pytest.mark.slow
+def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path) -> None:
+    args = ["--quick", "--agents", "base,epapa", "--seeds", "2", "--budget", "10", "--eval-every", "10"]
+    args += ["--eval-samples", "10"]
+    serial = run.main([*args, "--out", str(tmp_path / "serial")])
+    parallel = run.main([*args, "--workers", "2", "--out", str(tmp_path / "parallel")])
+    # same sessions, same order; like-rates equal up to thread-count float noise
+    assert [r["agent"] for r in parallel] == [r["agent"] for r in serial]
+    for a, b in zip(serial, parallel):
+        assert a["like@0"] == b["like@0"] and a["seeds"] == b["seeds"] == 2
+    with pytest.raises(SystemExit):
+        run.main([*args, "--workers", "0", "--out", str(tmp_path / "bad")])
 
 
 @pytest.mark.slow
