@@ -66,6 +66,11 @@ class PAPAConfig:
     """optimizer steps per interaction (None: one pass over the K queries in batches, as the authors)"""
     replay: int = 0
     """earlier replies (drawn uniformly from all so far) added to each optimizer step's batch (0: the authors')"""
+    replay_balance: float | None = None
+    """draw replayed replies with probability inversely proportional to how crowded their neighbourhood of
+    same-sign replies is: a Gaussian kernel density in pixel space whose squared bandwidth is this fraction of
+    the mean squared distance between them. Replies like many others (the same liked digit drawn again and
+    again) are replayed less, rare ones more (None: uniform, as the authors)"""
     dislike_margin: float | None = None
     """bound the dislike term: stop raising a disliked query's denoising error once it exceeds the base
     model's by this fraction (None: unbounded, as the authors)"""
@@ -215,6 +220,8 @@ class PAPA(Agent):
             raise ValueError("lr must be > 0 and batch_size, queries_per_step >= 1")
         if config.updates_per_interaction is not None and config.updates_per_interaction < 1:
             raise ValueError(f"updates_per_interaction must be >= 1 or None, got {config.updates_per_interaction}")
+        if config.replay_balance is not None and config.replay_balance <= 0:
+            raise ValueError(f"replay_balance must be > 0 or None, got {config.replay_balance}")
         if config.replay < 0 or (config.dislike_margin is not None and config.dislike_margin < 0):
             raise ValueError(f"replay and dislike_margin must be >= 0, got {config.replay}, {config.dislike_margin}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
@@ -283,9 +290,33 @@ class PAPA(Agent):
         for _ in range(self.cfg.updates_per_interaction or 1):
             xb, yb = x0, y
             if self.cfg.replay and len(self.buffer_y):
-                idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
+                if self.cfg.replay_balance is not None:
+                    idx = torch.multinomial(self._replay_probs(), self.cfg.replay, True, generator=self.generator)
+                else:
+                    idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
                 xb, yb = torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
             yield xb, yb
+
+    def _replay_probs(self) -> torch.Tensor:
+        """Replay probabilities of the buffer: each sign keeps its share of the buffer, and within a sign a
+        reply's probability is 1 / its kernel density among the replies of that sign (squared bandwidth:
+        ``replay_balance`` x their mean squared distance)."""
+        probs = torch.zeros(len(self.buffer_y), dtype=torch.float64)
+        flat = self.buffer_x.reshape(len(self.buffer_x), -1).double()
+        for sign in (-1.0, 1.0):
+            members = (self.buffer_y == sign).nonzero().flatten()
+            if len(members) == 0:
+                continue
+            if len(members) == 1:
+                probs[members] = 1.0
+                continue
+            d2 = torch.cdist(flat[members], flat[members]).pow(2)
+            mean_d2 = d2.sum() / (len(members) * (len(members) - 1))
+            h2 = self.cfg.replay_balance * mean_d2 if bool(mean_d2 > 0) else torch.tensor(1.0, dtype=torch.float64)
+            density = torch.exp(-d2 / h2).sum(1)  # >= 1: each reply counts itself
+            inv = 1.0 / density
+            probs[members] = inv / inv.sum() * len(members)
+        return (probs / probs.sum()).float()
 
     def model(self) -> torch.nn.Module:
         return self.unet

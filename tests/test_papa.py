@@ -259,7 +259,30 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
 
 
-@pytest.mark.parametrize("bad", [{"updates_per_interaction": 0}, {"replay": -1}, {"dislike_margin": -0.5}])
+@pytest.mark.parametrize(
+    "bad", [{"updates_per_interaction": 0}, {"replay": -1}, {"dislike_margin": -0.5}, {"replay_balance": 0.0}]
+)
 def test_new_fast_options_reject_bad_values(tiny_unet, bad) -> None:
     with pytest.raises(ValueError, match="must be"):
         PAPA(tiny_unet, PAPAConfig(**bad))
+
+
+def test_balanced_replay_favours_rare_replies_and_keeps_each_signs_share(tiny_unet) -> None:
+    agent = _agent(tiny_unet, updates_per_interaction=1, replay=4, replay_balance=0.5)
+    g = torch.Generator().manual_seed(0)
+    crowd = torch.full((8, 1, 28, 28), 0.5) + 0.01 * torch.randn(8, 1, 28, 28, generator=g)  # one liked "digit"
+    rare = torch.full((1, 1, 28, 28), -0.5)  # another liked one, seen once
+    disliked = torch.randn(3, 1, 28, 28, generator=g)
+    agent.buffer_x = torch.cat([crowd, rare, disliked])
+    agent.buffer_y = torch.tensor([1.0] * 9 + [-1.0] * 3)
+    p = agent._replay_probs()
+    assert p.sum().item() == pytest.approx(1.0)
+    assert p[:9].sum().item() == pytest.approx(9 / 12) and p[9:].sum().item() == pytest.approx(3 / 12)
+    # the lone liked reply is replayed about as often as the whole crowd of near-copies together
+    assert p[8].item() == pytest.approx(p[:8].sum().item(), rel=0.15)
+    assert 6 * p[0].item() < p[8].item() < 9 * p[0].item()
+    # equally spaced replies stay uniform; and learning runs with it
+    agent.buffer_x, agent.buffer_y = torch.eye(4).repeat_interleave(196, 1).view(4, 1, 28, 28), torch.ones(4)
+    assert torch.allclose(agent._replay_probs(), torch.full((4,), 0.25))
+    q = agent.propose(torch.Generator().manual_seed(0))
+    assert agent.learn(q, np.ones(10))["compute/rows"] > 0
