@@ -140,6 +140,7 @@ def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, ru
 
     evaluate(0, None)
     model.learn(total_timesteps=steps, callback=Eval())
+    model.save(run_dir / "sb3_model.zip")  # for final_samples.png (and anyone who wants the policy)
     return records
 
 
@@ -271,19 +272,51 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
     return rows
 
 
-def final_grid(a: argparse.Namespace, root: Path) -> None:
-    """A row of 10 final samples per agent (seed 0), from the saved weights or the base model."""
-    from papa_env.diffusion import sample
-    from papa_env.models import load_model
-    from papa_env.viz import save_grid
+def final_sampler(a: argparse.Namespace, root: Path, name: str):
+    """Seed 0's agent ``name`` at the end of its session, as something with ``generate(n, generator)``.
 
-    env = gym.make(a.env)
-    rows = []
-    for name in a.agents.split(","):
-        weights = root / f"{name}-s0" / "model.safetensors"
-        unet = load_model(weights) if weights.exists() else load_pretrained(env.unwrapped.base_model)
-        rows.append(sample(unet, 10, generator=torch.Generator().manual_seed(0)))
-    save_grid(torch.cat(rows), root / "final_samples.png", nrow=10)
+    Learners and references are rebuilt and given their last checkpoint (so EPAPA samples with the base model
+    below k, best-of-N filters, ...); SB3 policies are loaded from the ``sb3_model.zip`` their run saved.
+    """
+    run_dir = root / f"{name}-s0"
+    mode = "pairwise" if name in PAIRWISE else "binary"
+    env = gym.make(a.env, feedback_budget=a.budget, mode=mode)
+    if name in SB3:
+        import stable_baselines3 as sb3
+
+        from papa_env.wrappers import BudgetFraction, NoiseToImage
+
+        algo = sb3.PPO if name == "sb3-ppo" else sb3.SAC
+        wrapped = NoiseToImage(BudgetFraction(env), squashed=name == "sb3-sac")
+        return _SB3Sampler(algo.load(run_dir / "sb3_model.zip", device="cpu"), wrapped)
+    agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, 0, env.unwrapped.queries_per_step)
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        agent.load_state_dict(torch.load(ckpt, weights_only=False)["agent"])
+    return agent
+
+
+def final_grid(a: argparse.Namespace, root: Path) -> None:
+    """``final_samples.png``: a labelled row of 10 final samples per agent (seed 0), each sampled its own way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from papa_env.viz import grid_array
+
+    names = a.agents.split(",")
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.8 * len(names) + 0.3), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        images = final_sampler(a, root, name).generate(10, torch.Generator().manual_seed(0))
+        ax.imshow(grid_array(torch.as_tensor(images[:10]).reshape(-1, 1, 28, 28), nrow=10))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{a.tag}: samples after {a.budget} replies (seed 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(root / "final_samples.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
