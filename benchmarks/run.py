@@ -160,7 +160,6 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
     env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
     mode = "pairwise" if name in PAIRWISE else "binary"
     env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)
-    unet = load_pretrained(env.unwrapped.base_model)
     evaluator = Evaluator(env, n=a.eval_samples)
     t0 = time.perf_counter()
     if name in SB3:
@@ -170,7 +169,7 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
         env.reset(seed=seed)
         records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
     else:
-        agent = make_agent(name, unet, env, seed, env.unwrapped.queries_per_step)
+        agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
         # the references never change with the replies: evaluated at the start and the end only (the best-of-N
         # ceiling's evaluations cost N x the samples)
         every = a.budget if name in REFERENCES else a.eval_every
@@ -280,7 +279,8 @@ def final_sampler(a: argparse.Namespace, root: Path, name: str):
     """
     run_dir = root / f"{name}-s0"
     mode = "pairwise" if name in PAIRWISE else "binary"
-    env = gym.make(a.env, feedback_budget=a.budget, mode=mode)
+    env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
+    env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)  # the same user as the session's
     if name in SB3:
         import stable_baselines3 as sb3
 
