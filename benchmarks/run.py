@@ -10,7 +10,8 @@ Every (agent, seed) is a session in ``<out>/<tag>/<agent>-s<seed>``: a finished 
 runs two sessions side by side (one process and one CPU thread each on 2 cores).
 Writes under ``<out>/<tag>``: ``results.jsonl`` (every evaluation record), ``table.csv`` and ``table.md``
 (like-rate at each evaluation, mean and 95% CI over seeds; liked-class shares, judge confidence and seconds per
-interaction at the end), ``like_rate.png`` (mean +- 95% CI bands) and ``final_samples.png`` (a row per agent).
+interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at the end: Welch's t-test over seeds),
+``like_rate.png`` (mean +- 95% CI bands, Student's t as in the table) and ``final_samples.png`` (a row per agent).
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
 do not learn, so they are evaluated at the start and the end of the budget only.
 """
@@ -207,10 +208,15 @@ def run_all(a: argparse.Namespace) -> list[dict]:
         return [f.result() for f in futures]  # in job order, whatever order they finish in
 
 
-def table(results: list[dict]) -> list[dict]:
-    """One row per agent: like-rate mean and 95% CI at each evaluation, and end-of-session figures."""
+def _t95(n: int) -> float:
+    """Half-width factor of a 95% CI of a mean over ``n`` seeds: Student's t with n - 1 dof (12.7 at n = 2)."""
     from scipy import stats
 
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def table(results: list[dict]) -> list[dict]:
+    """One row per agent: like-rate mean and 95% CI at each evaluation, and end-of-session figures."""
     rows = []
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
@@ -219,7 +225,7 @@ def table(results: list[dict]) -> list[dict]:
         row: dict = {"agent": name, "seeds": len(runs), "metric": key.removeprefix("eval/")}
         for i, rec in enumerate(recs):
             vals = np.array([r["records"][i][key] for r in runs if i < len(r["records"])])
-            half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0
+            half = _t95(len(vals)) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0
             row[f"like@{rec['replies']}"] = f"{vals.mean():.3f} +- {half:.3f}"
         ends = [r["records"][-1] for r in runs]
         row["judge_conf"] = f"{np.mean([e['eval/judge_confidence'] for e in ends]):.3f}"
@@ -229,6 +235,46 @@ def table(results: list[dict]) -> list[dict]:
         row["s/interaction"] = f"{np.mean(secs):.2f}" if secs else "-"
         row["collapsed_seeds"] = ",".join(str(r["seed"]) for r in runs if r["collapse"]) or "none"
         rows.append(row)
+    return rows
+
+
+def _end_values(results: list[dict], name: str) -> np.ndarray:
+    """The judge's (else the user's) like-rate at the last evaluation of each of ``name``'s seeds."""
+    runs = [r for r in results if r["agent"] == name]
+    key = "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
+    return np.array([r["records"][-1][key] for r in runs], dtype=float)
+
+
+def welch_tests(results: list[dict], against: tuple[str, ...] = ("papa", "epapa")) -> list[dict]:
+    """Each agent of ``against`` vs every other agent at the end of the budget: Welch's two-sided t-test over seeds.
+
+    Rows: ``agent``, ``vs``, the difference of mean like-rates, its 95% CI (Welch-Satterthwaite dof), t and p.
+    Both sides need >= 2 seeds; where both have zero spread the test is undefined and t, p and the CI are NaN.
+    """
+    from scipy import stats
+
+    names = list(dict.fromkeys(r["agent"] for r in results))
+    rows = []
+    for name in (n for n in against if n in names):
+        x = _end_values(results, name)
+        for other in (n for n in names if n != name):
+            y = _end_values(results, other)
+            row = {"agent": name, "vs": other, "diff": float(x.mean() - y.mean())}
+            if len(x) < 2 or len(y) < 2:
+                row.update(ci_low=np.nan, ci_high=np.nan, t=np.nan, p=np.nan)
+            else:
+                # Welch: t = diff / se, se^2 = s_x^2/n_x + s_y^2/n_y, Welch-Satterthwaite degrees of freedom
+                vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+                if vx + vy > 0:
+                    se = float(np.sqrt(vx + vy))
+                    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+                    t = row["diff"] / se
+                    half = float(stats.t.ppf(0.975, dof)) * se
+                    row.update(ci_low=row["diff"] - half, ci_high=row["diff"] + half, t=t)
+                    row["p"] = float(2 * stats.t.sf(abs(t), dof))
+                else:
+                    row.update(ci_low=np.nan, ci_high=np.nan, t=np.nan, p=np.nan)
+            rows.append(row)
     return rows
 
 
@@ -251,6 +297,17 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
     md = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
     md += ["| " + " | ".join(str(row.get(k, "")) for k in fields) + " |" for row in rows]
     (root / "table.md").write_text("\n".join(md) + "\n")
+    tests = welch_tests(results)
+    if tests:
+        md = ["| agent | vs | difference @end | 95% CI | t | p (Welch) |", "|---|---|---|---|---|---|"]
+        md += [
+            f"| {w['agent']} | {w['vs']} | {w['diff']:+.3f} | [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}] "
+            f"| {w['t']:.2f} | {w['p']:.2g} |"
+            for w in tests
+        ]
+        (root / "welch.md").write_text("\n".join(md) + "\n")
+    else:  # no papa / epapa in this comparison: no stale tests from an earlier one
+        (root / "welch.md").unlink(missing_ok=True)
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name in dict.fromkeys(r["agent"] for r in results):
@@ -259,7 +316,7 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
         x = [rec["replies"] for rec in runs[0]["records"]]
         y = np.array([[rec[key] for rec in r["records"]] for r in runs])
         m = y.mean(0)
-        half = 1.96 * y.std(0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(m)
+        half = _t95(len(y)) * y.std(0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(m)
         ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - half, m + half, alpha=0.15)
     ax.set(xlabel="replies", ylabel="like-rate (judge)", ylim=(0, 1), title=title)
@@ -346,7 +403,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = write_outputs(results, root, a.tag)
     final_grid(a, root)
     print((root / "table.md").read_text())
-    print(f"wrote {root}/results.jsonl, table.csv, table.md, like_rate.png, final_samples.png")
+    if (root / "welch.md").exists():
+        print((root / "welch.md").read_text())
+    print(f"wrote {root}/results.jsonl, table.csv, table.md, welch.md, like_rate.png, final_samples.png")
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import run
@@ -28,7 +29,7 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
         ]
     )
     root = tmp_path / "PAPA-MNIST-v0-quick"
-    for name in ("results.jsonl", "table.csv", "table.md", "like_rate.png", "final_samples.png"):
+    for name in ("results.jsonl", "table.csv", "table.md", "welch.md", "like_rate.png", "final_samples.png"):
         assert (root / name).exists(), name
     assert [r["agent"] for r in rows] == agents.split(",")
     results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
@@ -88,3 +89,40 @@ def test_papa_sweep_applies_overrides_and_rejects_unknown_fields(tmp_path) -> No
     assert json.loads(log.read_text())["seed"] == 0
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         papa_sweep.main(["--set", "learning_rate=1"])
+
+
+def _fake_results(ends: dict[str, list[float]]) -> list[dict]:
+    """Harness results whose last judge like-rates are ``ends[agent]`` (one per seed)."""
+    return [
+        {"agent": name, "seed": s, "records": [{"replies": 0, "eval/like_rate_judge": 0.4},
+                                                {"replies": 300, "eval/like_rate_judge": v}]}
+        for name, vals in ends.items()
+        for s, v in enumerate(vals)
+    ]  # fmt: skip
+
+
+def test_welch_tests_match_a_hand_computed_welch_test() -> None:
+    from scipy import stats
+
+    epapa, ddpo = [0.9, 0.95, 1.0], [0.5, 0.7]
+    rows = run.welch_tests(_fake_results({"epapa": epapa, "ddpo": ddpo, "base": [0.38, 0.38]}))
+    assert [(r["agent"], r["vs"]) for r in rows] == [("epapa", "ddpo"), ("epapa", "base")]
+    w = rows[0]
+    # by hand: means 0.95 and 0.6, variances of the means 0.0025/3 and 0.02/2
+    vx, vy = 0.0025 / 3, 0.02 / 2
+    t = 0.35 / (vx + vy) ** 0.5
+    dof = (vx + vy) ** 2 / (vx**2 / 2 + vy**2 / 1)
+    assert w["diff"] == pytest.approx(0.35)
+    assert w["t"] == pytest.approx(t)
+    assert w["p"] == pytest.approx(2 * stats.t.sf(t, dof))
+    assert w["p"] == pytest.approx(stats.ttest_ind(epapa, ddpo, equal_var=False).pvalue)
+    half = stats.t.ppf(0.975, dof) * (vx + vy) ** 0.5
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((0.35 - half, 0.35 + half))
+    assert w["ci_low"] < 0 < w["p"] - 0.05  # 2 seeds of ddpo: the difference is not significant
+    # a reference with zero spread across seeds still gets a test; one seed gets none
+    assert rows[1]["p"] < 0.05
+    lone = run.welch_tests(_fake_results({"papa": [0.9], "ddpo": ddpo}))
+    assert np.isnan(lone[0]["p"]) and lone[0]["diff"] == pytest.approx(0.3)
+    assert run.welch_tests(_fake_results({"ddpo": ddpo, "base": [0.38, 0.38]})) == []
+    both_flat = run.welch_tests(_fake_results({"papa": [0.9, 0.9], "base": [0.38, 0.38]}))
+    assert np.isnan(both_flat[0]["p"]) and both_flat[0]["diff"] == pytest.approx(0.52)
