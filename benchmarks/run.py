@@ -300,11 +300,10 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
     tests = welch_tests(results)
     if tests:
         md = ["| agent | vs | difference @end | 95% CI | t | p (Welch) |", "|---|---|---|---|---|---|"]
-        md += [
-            f"| {w['agent']} | {w['vs']} | {w['diff']:+.3f} | [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}] "
-            f"| {w['t']:.2f} | {w['p']:.2g} |"
-            for w in tests
-        ]
+        for w in tests:
+            ci = "-" if np.isnan(w["p"]) else f"[{w['ci_low']:+.3f}, {w['ci_high']:+.3f}]"
+            t, pv = ("-", "-") if np.isnan(w["p"]) else (f"{w['t']:.2f}", f"{w['p']:.2g}")
+            md.append(f"| {w['agent']} | {w['vs']} | {w['diff']:+.3f} | {ci} | {t} | {pv} |")
         (root / "welch.md").write_text("\n".join(md) + "\n")
     else:  # no papa / epapa in this comparison: no stale tests from an earlier one
         (root / "welch.md").unlink(missing_ok=True)
