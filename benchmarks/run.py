@@ -215,6 +215,17 @@ def _t95(n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1))
 
 
+def _curves(runs: list[dict], key: str) -> tuple[list[int], np.ndarray]:
+    """The evaluations' reply counts (union over seeds, sorted) and ``key`` at each: (seeds, evaluations), NaN where
+    a seed has no evaluation at that count (matched by reply count, never by position)."""
+    xs = sorted({rec["replies"] for r in runs for rec in r["records"]})
+    y = np.full((len(runs), len(xs)), np.nan)
+    for i, r in enumerate(runs):
+        for rec in r["records"]:
+            y[i, xs.index(rec["replies"])] = rec[key]
+    return xs, y
+
+
 def table(results: list[dict]) -> list[dict]:
     """One row per agent: like-rate mean and 95% CI at each evaluation, and end-of-session figures."""
     rows = []
@@ -223,10 +234,12 @@ def table(results: list[dict]) -> list[dict]:
         recs = runs[0]["records"]
         key = "eval/like_rate_judge" if "eval/like_rate_judge" in recs[0] else "eval/like_rate_oracle"
         row: dict = {"agent": name, "seeds": len(runs), "metric": key.removeprefix("eval/")}
-        for i, rec in enumerate(recs):
-            vals = np.array([r["records"][i][key] for r in runs if i < len(r["records"])])
+        xs, y = _curves(runs, key)
+        for x, col in zip(xs, y.T):
+            vals = col[~np.isnan(col)]
             half = _t95(len(vals)) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0
-            row[f"like@{rec['replies']}"] = f"{vals.mean():.3f} +- {half:.3f}"
+            short = f" (n = {len(vals)})" if len(vals) < len(runs) else ""  # a seed without this evaluation
+            row[f"like@{x}"] = f"{vals.mean():.3f} +- {half:.3f}{short}"
         ends = [r["records"][-1] for r in runs]
         row["judge_conf"] = f"{np.mean([e['eval/judge_confidence'] for e in ends]):.3f}"
         shares = [[e.get(f"eval/class_share/{c}", np.nan) for c in range(10)] for e in ends]
@@ -312,10 +325,10 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
         key = "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
-        x = [rec["replies"] for rec in runs[0]["records"]]
-        y = np.array([[rec[key] for rec in r["records"]] for r in runs])
-        m = y.mean(0)
-        half = _t95(len(y)) * y.std(0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(m)
+        x, y = _curves(runs, key)
+        cols = [col[~np.isnan(col)] for col in y.T]
+        m = np.array([c.mean() for c in cols])
+        half = np.array([_t95(len(c)) * c.std(ddof=1) / np.sqrt(len(c)) if len(c) > 1 else 0.0 for c in cols])
         ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - half, m + half, alpha=0.15)
     ax.set(xlabel="replies", ylabel="like-rate (judge)", ylim=(0, 1), title=title)

@@ -49,10 +49,11 @@ class Evaluator:
         self.env = env.unwrapped
         self.n, self.seed = n, seed
         self.judge = load_pretrained(f"{self.env.dataset}-judge")
-        self._base_feats: np.ndarray | None = None
+        self.base_features: np.ndarray | None = None  # judge features of the base model's samples
 
     def set_base(self, base_samples: torch.Tensor) -> None:
-        self._base_feats = embed(self.judge, base_samples)
+        """The base model's samples (B, 1, 28, 28) in [-1, 1]: the reference of ``eval/fd_to_base``."""
+        self.base_features = embed(self.judge, base_samples)
 
     def __call__(self, agent: Agent) -> tuple[dict[str, float], torch.Tensor]:
         images = agent.generate(self.n, torch.Generator().manual_seed(self.seed))
@@ -70,8 +71,8 @@ class Evaluator:
             out["eval/like_rate_judge"] = float(torch.isin(rep.labels, liked).float().mean())
         for c, s in enumerate(rep.class_shares):
             out[f"eval/class_share/{c}"] = float(s)
-        if self._base_feats is not None:
-            out["eval/fd_to_base"] = frechet_distance(embed(self.judge, images), self._base_feats)
+        if self.base_features is not None:
+            out["eval/fd_to_base"] = frechet_distance(embed(self.judge, images), self.base_features)
         return out, images
 
 
@@ -165,11 +166,22 @@ def run_session(
         (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
         step, records = _resume(run, agent, base_env, gen)
 
+    base_features = run / "eval_base_features.npy" if run is not None else None
     if step == 0 and evaluator is not None:
         metrics, images = evaluator(agent)
         evaluator.set_base(images)
+        if base_features is not None and getattr(evaluator, "base_features", None) is not None:
+            np.save(base_features, evaluator.base_features)
         metrics["eval/fd_to_base"] = 0.0
         records.append(_log_eval(run, 0, metrics, images, "before"))
+    elif evaluator is not None and base_features is not None and base_features.exists():
+        evaluator.base_features = np.load(base_features)  # resumed: the same reference as before the kill
+    if evaluator is not None and eval_every and 0 < step and (step * k % eval_every == 0 or step == steps_total):
+        if not records or records[-1]["replies"] != step * k:  # killed between the update and its evaluation
+            metrics, images = evaluator(agent)
+            records.append(_log_eval(run, step * k, metrics, images, "after" if step == steps_total else None))
+            if run is not None:
+                _checkpoint(run, agent, base_env, gen, step, records)
     bar = tqdm(total=steps_total, initial=step, desc=f"{agent.name} session", disable=not progress)
     done_here = 0
     t_samples, t_learns = [], []  # seconds of each interaction since the last evaluation

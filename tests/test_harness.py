@@ -126,3 +126,16 @@ def test_welch_tests_match_a_hand_computed_welch_test() -> None:
     assert run.welch_tests(_fake_results({"ddpo": ddpo, "base": [0.38, 0.38]})) == []
     both_flat = run.welch_tests(_fake_results({"papa": [0.9, 0.9], "base": [0.38, 0.38]}))
     assert np.isnan(both_flat[0]["p"]) and both_flat[0]["diff"] == pytest.approx(0.52)
+
+
+def test_table_matches_evaluations_by_reply_count_not_position() -> None:
+    results = _fake_results({"epapa": [0.9, 0.8]})
+    results[1]["records"].insert(1, {"replies": 150, "eval/like_rate_judge": 0.6})  # only seed 1 has @150
+    for r in results:
+        for rec in r["records"]:
+            rec["eval/judge_confidence"] = 0.9
+        r["collapse"] = []
+    row = run.table(results)[0]
+    assert row["like@0"] == "0.400 +- 0.000"
+    assert row["like@150"] == "0.600 +- 0.000 (n = 1)"
+    assert row["like@300"].startswith("0.850 +- ")

@@ -198,6 +198,42 @@ def test_resume_after_interruption_reproduces_the_run(tiny_unet, tmp_path) -> No
     assert (straight / "model.safetensors").exists() and (interrupted / "model.safetensors").exists()
 
 
+class _KilledAt(_Eval):
+    """An evaluator whose ``n``-th call dies (as a kill would) after the update before it was checkpointed."""
+
+    def __init__(self, env, n: int) -> None:
+        super().__init__(env)
+        self.calls, self.n = 0, n
+
+    def __call__(self, agent):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return super().__call__(agent)
+
+
+def test_a_run_killed_during_an_evaluation_redoes_it_on_resume(tiny_unet, tmp_path) -> None:
+    threshold = 0.0
+    straight = run_session(_agent(tiny_unet), _env(60, threshold), tmp_path / "a", eval_every=20,
+                           evaluator=_Eval(_env(60, threshold)), progress=False)  # fmt: skip
+    assert [r["replies"] for r in straight] == [0, 20, 40, 60]
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):  # the evaluation at 40 replies dies
+        run_session(_agent(tiny_unet), _env(60, threshold), run, eval_every=20,
+                    evaluator=_KilledAt(_env(60, threshold), 3), progress=False)  # fmt: skip
+    resumed = run_session(_agent(tiny_unet), _env(60, threshold), run, eval_every=20,
+                          evaluator=_Eval(_env(60, threshold)), progress=False)  # fmt: skip
+    assert [r["replies"] for r in resumed] == [0, 20, 40, 60]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["replies"] for r in lines] == [0, 20, 40, 60]  # the lost one logged once, late, in order
+    for a, b in zip(straight, resumed):
+        assert a["eval/like_rate_oracle"] == b["eval/like_rate_oracle"]  # the same run, evaluated late
+    # a finished run read again evaluates nothing more
+    again = run_session(_agent(tiny_unet), _env(60, threshold), run, eval_every=20,
+                        evaluator=_KilledAt(_env(60, threshold), 1), progress=False)  # fmt: skip
+    assert again == resumed
+
+
 def test_collapse_report_flags_a_dominant_class_and_a_falling_like_rate() -> None:
     def rec(replies, like, share):
         return {
