@@ -74,6 +74,8 @@ class DDPMTrainConfig:
     """torch intra-op threads (default: torch's choice)"""
     unet_config: str | None = None
     """JSON overrides of papa_env.models.UNET_CONFIG, e.g. '{"block_out_channels": [4, 8, 8]}'"""
+    device: str = "cpu"
+    """torch device to train on, e.g. cuda on a lent GPU (random draws stay on the CPU: same batches anywhere)"""
 
 
 def _check_positive(cfg: object, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
@@ -95,18 +97,24 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     _check_positive(cfg, ("steps", "batch_size", "checkpoint_every", "log_every"), ("lr", "grad_clip"))
     if not 0 < cfg.ema_decay < 1:
         raise ValueError(f"ema_decay must be in (0, 1), got {cfg.ema_decay!r}")
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {cfg.device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for, but torch sees no CUDA device; use device='cpu'")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path, ema_path = out / "checkpoint.pt", out / "log.jsonl", out / "ema.safetensors"
 
-    data = load_dataset(cfg.dataset, "train", root=cfg.data_root).images
+    data = load_dataset(cfg.dataset, "train", root=cfg.data_root).images.to(device)
     overrides = json.loads(cfg.unet_config) if cfg.unet_config else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"unet_config must be a JSON object, got {cfg.unet_config!r}")
     torch.manual_seed(cfg.seed)
-    unet = make_unet(**overrides)
+    unet = make_unet(**overrides).to(device)
     scheduler = make_scheduler()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
@@ -114,10 +122,11 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     step, wall = 0, 0.0
     losses: list[float] = []  # since the last log line
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")  # a GPU run resumes on a CPU, too
         unet.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["opt"])
+        opt.load_state_dict(ck["opt"])  # the optimizer moves its state to the parameters' device
         ema.load_state_dict(ck["ema"])
+        ema.to(device)
         gen.set_state(ck["gen"])
         step, wall, losses = ck["step"], ck["wall"], ck.get("pending_losses", [])
         if log_path.exists():  # drop lines logged after the checkpoint (a hard kill): they will be redone
@@ -132,7 +141,7 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
         frac = min(1.0, (s - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    abar = scheduler.alphas_cumprod
+    abar = scheduler.alphas_cumprod.to(device)
 
     def checkpoint() -> None:
         _atomic_save(
@@ -169,10 +178,10 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen).to(device)
             x0 = data[idx]
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
             a = abar[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. (4)
             loss = F.mse_loss(unet(xt, t).sample, noise)  # L_simple, DDPM eq. (14)

@@ -115,3 +115,24 @@ def test_ddpm_config_errors_are_clear_and_early(tmp_path, cfg, match) -> None:
 def test_classifier_config_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="epochs"):
         train_classifier(ClassifierTrainConfig(epochs=0, out=str(tmp_path / "c.safetensors")))
+
+
+def test_ddpm_trainer_rejects_a_device_it_cannot_use(tmp_path) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="torch device"):
+        train_ddpm(replace(_cfg(tmp_path, 2), device="gpu0"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            train_ddpm(replace(_cfg(tmp_path, 2), device="cuda"))
+    assert not (tmp_path / "checkpoint.pt").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ddpm_trained_on_cuda_resumes_on_the_cpu(tmp_path) -> None:
+    from dataclasses import replace
+
+    train_ddpm(replace(_cfg(tmp_path, 10), device="cuda"))
+    path = train_ddpm(_cfg(tmp_path, 20))  # resumed from the GPU checkpoint, on the CPU
+    assert [r["step"] for r in _log(tmp_path)] == [5, 10, 15, 20]
+    assert load_model(path) is not None
