@@ -103,7 +103,7 @@ class RewardModelDDPO(Agent):
                 loss.backward()
                 self.rm_opt.step()
         self.reward_model.eval()
-        return float(loss)
+        return float(loss.detach())
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         replies = np.asarray(replies)
