@@ -13,7 +13,7 @@ Writes under ``<out>/<tag>``: ``results.jsonl`` (every evaluation record), ``tab
 interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at the end: Welch's t-test over seeds),
 ``like_rate.png`` (mean +- 95% CI bands, Student's t as in the table) and ``final_samples.png`` (a row per agent).
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
-do not learn, so they are evaluated at the start and the end of the budget only.
+do not learn, so they ask the user nothing: one evaluation, reported at the start and at the end of the budget.
 """
 
 from __future__ import annotations
@@ -169,12 +169,16 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
         shutil.rmtree(run_dir, ignore_errors=True)
         env.reset(seed=seed)
         records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
+    elif name in REFERENCES:
+        # The references never learn, so they ask the user nothing: their samples at the end of the budget are
+        # their samples at the start (the evaluation's noises are fixed). One evaluation, reported at both ends.
+        agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
+        env.reset(seed=seed)
+        metrics, _ = evaluator(agent)
+        records = [{"replies": 0, **metrics}, {"replies": a.budget, **metrics}]
     else:
         agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
-        # the references never change with the replies: evaluated at the start and the end only (the best-of-N
-        # ceiling's evaluations cost N x the samples)
-        every = a.budget if name in REFERENCES else a.eval_every
-        records = run_session(agent, env, run_dir, eval_every=every, evaluator=evaluator, seed=seed)
+        records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
     result = {
         "agent": name,
         "seed": seed,

@@ -37,16 +37,23 @@ def test_quick_mode_writes_table_and_plots(tmp_path) -> None:
         assert [rec["replies"] for rec in r["records"]] == [0, 20], r["agent"]
         assert 0 <= r["records"][-1]["eval/like_rate_judge"] <= 1
     # every learner persisted its replies before learning; SB3 through the ReplyLog wrapper
-    for name in agents.split(","):
+    learners = [n for n in agents.split(",") if n not in run.REFERENCES]
+    for name in learners:
         assert (root / f"{name}-s0" / "replies.jsonl").exists(), name
+    # the references ask the user nothing: one evaluation, the same at both ends
+    for r in (r for r in results if r["agent"] in run.REFERENCES):
+        assert not (root / f"{r['agent']}-s0" / "replies.jsonl").exists()
+        assert {k: v for k, v in r["records"][0].items() if k != "replies"} == {
+            k: v for k, v in r["records"][1].items() if k != "replies"
+        }
     with pytest.raises(SystemExit, match="unknown agents"):
         run.main(["--quick", "--agents", "papa,dpo", "--out", str(tmp_path)])
     # a rerun reads the finished sessions back instead of spending replies again
-    before = {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in agents.split(",")}
+    before = {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
     again = run.main(["--quick", "--budget", "20", "--eval-every", "20", "--eval-samples", "20", "--agents", agents,
                       "--out", str(tmp_path)])  # fmt: skip
     assert again == rows
-    assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in agents.split(",")}
+    assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
 
 
 @pytest.mark.slow
