@@ -201,6 +201,8 @@ def run_session(
                 replies=replies,
                 gen_state=gen.get_state().numpy(),
                 env_rng=json.dumps(base_env.np_random.bit_generator.state),
+                # what learn() needs besides the queries (DDPO / D3PO: the sampled trajectories), for a resume
+                **{f"proposal/{key}": v for key, v in agent.proposal_state().items()},
             )
             _append_line(
                 run / "replies.jsonl",
