@@ -203,3 +203,16 @@ def test_sb3_runs_unchanged_on_the_wrapped_env(tiny_unet, algo) -> None:
     model.learn(total_timesteps=8)
     action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
     assert action.shape == (2, 1, 28, 28) and np.abs(action).max() <= 3.0
+
+
+def test_a_session_persists_the_proposal_a_resume_needs(tiny_unet, tmp_path) -> None:
+    """Each reply batch's npz carries the sampled trajectory, so a resume can learn a persisted batch."""
+    from papa_env.session import run_session
+
+    cfg = DDPOConfig(queries_per_step=2, num_sampling_steps=3, lr=1e-3)
+    env = PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=4)
+    run_session(DDPO(tiny_unet, cfg), env, tmp_path, eval_every=0, progress=False, stop_after_steps=1)
+    data = np.load(tmp_path / "queries" / "step_0001.npz")
+    state = {k.removeprefix("proposal/"): data[k] for k in data.files if k.startswith("proposal/")}
+    assert state, data.files
+    DDPO(tiny_unet, cfg).restore_proposal(state)  # what a resume does with a persisted, unlearned batch
