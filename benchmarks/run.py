@@ -169,16 +169,16 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
         shutil.rmtree(run_dir, ignore_errors=True)
         env.reset(seed=seed)
         records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
-    elif name in REFERENCES:
-        # The references never learn, so they ask the user nothing: their samples at the end of the budget are
-        # their samples at the start (the evaluation's noises are fixed). One evaluation, reported at both ends.
-        agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
-        env.reset(seed=seed)
-        metrics, _ = evaluator(agent)
-        records = [{"replies": 0, **metrics}, {"replies": a.budget, **metrics}]
     else:
         agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
-        records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
+        if name in REFERENCES:
+            # The references never learn, so they ask the user nothing: their samples at the end of the budget are
+            # their samples at the start (the evaluation's noises are fixed). One evaluation, reported at both ends.
+            env.reset(seed=seed)
+            metrics, _ = evaluator(agent)
+            records = [{"replies": 0, **metrics}, {"replies": a.budget, **metrics}]
+        else:
+            records = run_session(agent, env, run_dir, eval_every=a.eval_every, evaluator=evaluator, seed=seed)
     result = {
         "agent": name,
         "seed": seed,
@@ -219,6 +219,17 @@ def _t95(n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1))
 
 
+def _like_key(runs: list[dict]) -> str:
+    """The judge's like-rate where the user's taste is made of classes, else the user's own."""
+    return "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
+
+
+def _mean_ci(vals: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% CI half-width (Student's t) over seeds; half-width 0 for a single seed."""
+    half = _t95(len(vals)) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
+    return float(vals.mean()), float(half)
+
+
 def _curves(runs: list[dict], key: str) -> tuple[list[int], np.ndarray]:
     """The evaluations' reply counts (union over seeds, sorted) and ``key`` at each: (seeds, evaluations), NaN where
     a seed has no evaluation at that count (matched by reply count, never by position)."""
@@ -235,15 +246,14 @@ def table(results: list[dict]) -> list[dict]:
     rows = []
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
-        recs = runs[0]["records"]
-        key = "eval/like_rate_judge" if "eval/like_rate_judge" in recs[0] else "eval/like_rate_oracle"
+        key = _like_key(runs)
         row: dict = {"agent": name, "seeds": len(runs), "metric": key.removeprefix("eval/")}
         xs, y = _curves(runs, key)
         for x, col in zip(xs, y.T):
             vals = col[~np.isnan(col)]
-            half = _t95(len(vals)) * vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0
+            mean, half = _mean_ci(vals)
             short = f" (n = {len(vals)})" if len(vals) < len(runs) else ""  # a seed without this evaluation
-            row[f"like@{x}"] = f"{vals.mean():.3f} +- {half:.3f}{short}"
+            row[f"like@{x}"] = f"{mean:.3f} +- {half:.3f}{short}"
         ends = [r["records"][-1] for r in runs]
         row["judge_conf"] = f"{np.mean([e['eval/judge_confidence'] for e in ends]):.3f}"
         shares = [[e.get(f"eval/class_share/{c}", np.nan) for c in range(10)] for e in ends]
@@ -258,8 +268,7 @@ def table(results: list[dict]) -> list[dict]:
 def _end_values(results: list[dict], name: str) -> np.ndarray:
     """The judge's (else the user's) like-rate at the last evaluation of each of ``name``'s seeds."""
     runs = [r for r in results if r["agent"] == name]
-    key = "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
-    return np.array([r["records"][-1][key] for r in runs], dtype=float)
+    return np.array([r["records"][-1][_like_key(runs)] for r in runs], dtype=float)
 
 
 def welch_tests(results: list[dict], against: tuple[str, ...] = ("papa", "epapa")) -> list[dict]:
@@ -328,11 +337,8 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
-        key = "eval/like_rate_judge" if "eval/like_rate_judge" in runs[0]["records"][0] else "eval/like_rate_oracle"
-        x, y = _curves(runs, key)
-        cols = [col[~np.isnan(col)] for col in y.T]
-        m = np.array([c.mean() for c in cols])
-        half = np.array([_t95(len(c)) * c.std(ddof=1) / np.sqrt(len(c)) if len(c) > 1 else 0.0 for c in cols])
+        x, y = _curves(runs, _like_key(runs))
+        m, half = np.array([_mean_ci(col[~np.isnan(col)]) for col in y.T]).T
         ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - half, m + half, alpha=0.15)
     ax.set(xlabel="replies", ylabel="like-rate (judge)", ylim=(0, 1), title=title)

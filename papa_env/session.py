@@ -166,6 +166,9 @@ def run_session(
         (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
         step, records = _resume(run, agent, base_env, gen)
 
+    def evaluation_due(step: int) -> bool:  # after this interaction's update
+        return bool(evaluator is not None and eval_every and (step * k % eval_every == 0 or step == steps_total))
+
     base_features = run / "eval_base_features.npy" if run is not None else None
     if step == 0 and evaluator is not None:
         metrics, images = evaluator(agent)
@@ -176,7 +179,7 @@ def run_session(
         records.append(_log_eval(run, 0, metrics, images, "before"))
     elif evaluator is not None and base_features is not None and base_features.exists():
         evaluator.base_features = np.load(base_features)  # resumed: the same reference as before the kill
-    if evaluator is not None and eval_every and 0 < step and (step * k % eval_every == 0 or step == steps_total):
+    if step > 0 and evaluation_due(step):
         if not records or records[-1]["replies"] != step * k:  # killed between the update and its evaluation
             metrics, images = evaluator(agent)
             records.append(_log_eval(run, step * k, metrics, images, "after" if step == steps_total else None))
@@ -223,7 +226,7 @@ def run_session(
         bar.update(1)
         bar.set_postfix(like=f"{(replies == 1).mean():.2f}", s=f"{t_sample + t_learn:.1f}")
         replies_done = step * k
-        if evaluator is not None and eval_every and (replies_done % eval_every == 0 or step == steps_total):
+        if evaluation_due(step):
             metrics, images = evaluator(agent)
             metrics |= {
                 "charts/reward": reward,
