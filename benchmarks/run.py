@@ -256,6 +256,9 @@ def table(results: list[dict]) -> list[dict]:
             row[f"like@{x}"] = f"{mean:.3f} +- {half:.3f}{short}"
         ends = [r["records"][-1] for r in runs]
         row["judge_conf"] = f"{np.mean([e['eval/judge_confidence'] for e in ends]):.3f}"
+        # how far the samples moved from the agent's own samples before learning (judge features; learners only)
+        fds = [e["eval/fd_to_base"] for e in ends if "eval/fd_to_base" in e and name not in REFERENCES]
+        row["fd_to_base"] = f"{np.mean(fds):.1f}" if fds else "-"
         shares = [[e.get(f"eval/class_share/{c}", np.nan) for c in range(10)] for e in ends]
         row["class_shares"] = " ".join(f"{s:.2f}" for s in np.mean(shares, 0))
         secs = [e.get("charts/seconds_per_interaction") for e in ends if e.get("charts/seconds_per_interaction")]
@@ -335,13 +338,15 @@ def write_outputs(results: list[dict], root: Path, title: str) -> list[dict]:
         (root / "welch.md").unlink(missing_ok=True)
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
+    judged = _like_key(results) == "eval/like_rate_judge"
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
         x, y = _curves(runs, _like_key(runs))
         m, half = np.array([_mean_ci(col[~np.isnan(col)]) for col in y.T]).T
         ax.plot(x, m, marker="o", ms=3, label=name)
         ax.fill_between(x, m - half, m + half, alpha=0.15)
-    ax.set(xlabel="replies", ylabel="like-rate (judge)", ylim=(0, 1), title=title)
+    ax.set(xlabel="replies", ylim=(0, 1), title=title)
+    ax.set(ylabel="like-rate (judge)" if judged else "like-rate (the user's own)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -142,7 +142,15 @@ def test_table_matches_evaluations_by_reply_count_not_position() -> None:
         for rec in r["records"]:
             rec["eval/judge_confidence"] = 0.9
         r["collapse"] = []
+    results[0]["records"][-1]["eval/fd_to_base"] = 3.0
+    results[1]["records"][-1]["eval/fd_to_base"] = 6.0
     row = run.table(results)[0]
+    assert row["fd_to_base"] == "4.5"
+    base = _fake_results({"base": [0.4]})
+    base[0]["collapse"] = []
+    for rec in base[0]["records"]:
+        rec["eval/judge_confidence"] = 0.9
+    assert run.table(base)[0]["fd_to_base"] == "-"  # a reference has no own before-learning samples
     assert row["like@0"] == "0.400 +- 0.000"
     assert row["like@150"] == "0.600 +- 0.000 (n = 1)"
     assert row["like@300"].startswith("0.850 +- ")
