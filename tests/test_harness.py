@@ -154,3 +154,38 @@ def test_table_matches_evaluations_by_reply_count_not_position() -> None:
     assert row["like@0"] == "0.400 +- 0.000"
     assert row["like@150"] == "0.600 +- 0.000 (n = 1)"
     assert row["like@300"].startswith("0.850 +- ")
+
+
+@pytest.mark.parametrize("name", ["epapa", "ddpo"])
+def test_remeasure_rebuilds_a_finished_session_exactly(tmp_path, name) -> None:
+    import gymnasium as gym
+
+    from benchmarks import remeasure
+    from papa_env.models import load_pretrained
+    from papa_env.session import Evaluator, run_session
+
+    env = gym.make("PAPA-MNIST-v0", feedback_budget=10)
+    agent = run.make_agent(name, load_pretrained("mnist-ddpm"), env, seed=3, queries_per_step=10)
+    run_session(agent, env, tmp_path / name, eval_every=0, progress=False)
+    expected, _ = Evaluator(env, n=30, seed=7)(agent)  # the trained agent, in memory
+    got = remeasure.remeasure(tmp_path / name, samples=30, noise_seed=7)  # rebuilt from its folder
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert got["liked_classes"] == [1, 4, 7, 9] and got["samples"] == 30
+    assert got["min_liked_share"] == min(expected[f"eval/class_share/{c}"] for c in (1, 4, 7, 9))
+    if name == "epapa":  # the rebuilt agent is the trained one, not the base model: its samples differ
+        base, _ = Evaluator(env, n=30, seed=7)(run.make_agent("base", load_pretrained("mnist-ddpm"), env, 0, 10))
+        assert any(base[k] != pytest.approx(expected[k], abs=1e-6) for k in expected)
+
+
+def test_remeasure_rejects_folders_it_cannot_rebuild(tmp_path) -> None:
+    from benchmarks import remeasure
+
+    with pytest.raises(FileNotFoundError, match="config.json and model.safetensors"):
+        remeasure.remeasure(tmp_path, samples=10, noise_seed=0)
+    (tmp_path / "config.json").write_text(json.dumps({"agent": "sb3-ppo", "env": "PAPA-MNIST-v0"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot rebuild agent 'sb3-ppo'"):
+        remeasure.remeasure(tmp_path, samples=10, noise_seed=0)
+    with pytest.raises(SystemExit):
+        remeasure.main([str(tmp_path), "--samples", "0"])
