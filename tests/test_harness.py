@@ -189,3 +189,22 @@ def test_remeasure_rejects_folders_it_cannot_rebuild(tmp_path) -> None:
         remeasure.remeasure(tmp_path, samples=10, noise_seed=0)
     with pytest.raises(SystemExit):
         remeasure.main([str(tmp_path), "--samples", "0"])
+
+
+def test_importance_weights_are_one_when_the_tuned_model_is_the_base(tmp_path) -> None:
+    from benchmarks import importance_weights
+    from papa_env.models import load_pretrained, save_model
+
+    save_model(load_pretrained("mnist-ddpm"), tmp_path / "model.safetensors")
+    config = {"agent": "epapa", "agent_config": {"k": 300, "num_sampling_steps": 5}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = importance_weights.main([str(tmp_path), "--samples", "6", "--reference-timesteps", "3"])
+    assert sum(c["count"] for c in out["classes"].values()) == 6
+    for c in out["classes"].values():
+        assert c["elbo"] == pytest.approx(0.0, abs=1e-3) and c["path"] == pytest.approx(0.0, abs=1e-3)
+    assert out["cheap_noise_std"] == pytest.approx(0.0, abs=1e-3)
+    assert out["trajectory_ess_fraction"] == pytest.approx(1.0)
+    config["agent"] = "ddpo"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit):
+        importance_weights.main([str(tmp_path)])
