@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             with a.out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-    if len(results) > 1 and all("min_liked_share" in r for r in results):
-        mins = np.array([r["min_liked_share"] for r in results])
-        print(f"smallest liked share over {len(mins)} runs: mean {mins.mean():.3f}, min {mins.min():.3f}")
+    for agent in dict.fromkeys(r["agent"] for r in results):
+        mins = np.array([r["min_liked_share"] for r in results if r["agent"] == agent and "min_liked_share" in r])
+        if len(mins) > 1:
+            print(f"{agent}: smallest liked share over {len(mins)} runs: mean {mins.mean():.3f}, min {mins.min():.3f}")
     return results
 
 
