@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference-timesteps", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if not (a.run / "config.json").is_file() or not (a.run / "model.safetensors").is_file():
+        p.error(f"{a.run} is not a finished session: expected config.json and model.safetensors in it")
     config = json.loads((a.run / "config.json").read_text())
     if config["agent"] not in ("papa", "epapa"):
         p.error(f"{a.run} is a {config['agent']} session; expected papa or epapa")

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         import torch
 
         torch.set_num_threads(a.threads)
+    for run in a.runs:  # every folder checked before any is measured: a typo costs no measuring time
+        if not (run / "config.json").is_file() or not (run / "model.safetensors").is_file():
+            p.error(f"{run} is not a finished session: expected config.json and model.safetensors in it")
     results = []
     for run in a.runs:
         r = remeasure(run, a.samples, a.noise_seed)

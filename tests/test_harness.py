@@ -183,6 +183,8 @@ def test_remeasure_rejects_folders_it_cannot_rebuild(tmp_path) -> None:
 
     with pytest.raises(FileNotFoundError, match="config.json and model.safetensors"):
         remeasure.remeasure(tmp_path, samples=10, noise_seed=0)
+    with pytest.raises(SystemExit):  # the CLI checks every folder before measuring any
+        remeasure.main([str(tmp_path), str(tmp_path / "missing")])
     (tmp_path / "config.json").write_text(json.dumps({"agent": "sb3-ppo", "env": "PAPA-MNIST-v0"}))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="cannot rebuild agent 'sb3-ppo'"):
@@ -204,6 +206,8 @@ def test_importance_weights_are_one_when_the_tuned_model_is_the_base(tmp_path) -
         assert c["elbo"] == pytest.approx(0.0, abs=1e-3) and c["path"] == pytest.approx(0.0, abs=1e-3)
     assert out["cheap_noise_std"] == pytest.approx(0.0, abs=1e-3)
     assert out["trajectory_ess_fraction"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        importance_weights.main([str(tmp_path / "missing")])
     config["agent"] = "ddpo"
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit):
