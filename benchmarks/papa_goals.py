@@ -3,6 +3,11 @@
     python -m benchmarks.papa_goals --presets fast,epapa --seeds 5               # the 300-reply table
     python -m benchmarks.papa_goals --presets fast,epapa --seeds 5 --time-faithful 3   # + the authors' recipe timed
     python -m benchmarks.papa_goals --env PAPA-MNIST-Style-v0 --presets epapa --seeds 3
+    python -m benchmarks.papa_goals --presets epapa --set model_coef=0.5 --eval-samples 1000   # a variant
+
+``--set FIELD=VALUE`` overrides a PAPAConfig field of every preset run (as in ``benchmarks.papa_sweep``); the
+variant is then labelled ``<preset>+FIELD=VALUE`` (its folders and summary rows too), so it never resumes from,
+or overwrites, the preset's own sessions.
 
 Each (preset, seed) is a resumable session in ``<out>/<env>/<preset>-s<seed>`` (rerunning skips finished
 ones). Prints and writes ``summary.json`` and ``like_rate.png`` (mean +- std bands) under ``<out>/<env>``:
@@ -23,22 +28,31 @@ import numpy as np
 from papa_env.agents.papa import PAPA, PRESETS
 
 import papa_env  # noqa: F401
+from benchmarks.papa_sweep import parse_overrides
 from papa_env.models import load_pretrained
 from papa_env.session import Evaluator, collapse_report, run_session
 
 
 def run_one(
-    env_id: str, preset: str, seed: int, budget: int, eval_every: int, eval_samples: int, out: Path, env_kwargs: dict
+    env_id: str,
+    preset: str,
+    seed: int,
+    budget: int,
+    eval_every: int,
+    eval_samples: int,
+    out: Path,
+    env_kwargs: dict,
+    overrides: dict | None = None,
 ) -> dict:
     env = gym.make(env_id, feedback_budget=budget, **env_kwargs)
-    agent = PAPA(load_pretrained(env.unwrapped.base_model), replace(PRESETS[preset], seed=seed))
+    agent = PAPA(load_pretrained(env.unwrapped.base_model), replace(PRESETS[preset], seed=seed, **(overrides or {})))
     t0 = time.perf_counter()
     records = run_session(
         agent, env, out, eval_every=eval_every, evaluator=Evaluator(env, n=eval_samples), seed=seed, progress=True
     )
     secs = [r["charts/seconds_per_interaction"] for r in records if "charts/seconds_per_interaction" in r]
     return {
-        "preset": preset,
+        "preset": label(preset, overrides),
         "seed": seed,
         "records": records,
         "wall": time.perf_counter() - t0,
@@ -61,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mistake-rate", type=float, default=0.0, help="a user who errs this often")
     p.add_argument("--out", default="runs/benchmarks/papa")
     p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a PAPAConfig field of every preset"
+    )
+    p.add_argument(
         "--time-faithful",
         type=int,
         default=0,
@@ -72,11 +89,22 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [x for x in presets if x not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown presets {unknown}; expected from {sorted(PRESETS)}")
+    overrides = parse_overrides(a.set)
     env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
     tag = a.env + (f"-mistakes{a.mistake_rate:g}" if a.mistake_rate else "")
     root = Path(a.out) / tag
     results = [
-        run_one(a.env, preset, seed, a.budget, a.eval_every, a.eval_samples, root / f"{preset}-s{seed}", env_kwargs)
+        run_one(
+            a.env,
+            preset,
+            seed,
+            a.budget,
+            a.eval_every,
+            a.eval_samples,
+            root / f"{label(preset, overrides)}-s{seed}",
+            env_kwargs,
+            overrides,
+        )
         for preset in presets
         for seed in range(a.seeds)
     ]
@@ -95,6 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         (root / "summary.json").write_text(json.dumps({"args": vars(a), "summary": summary}, indent=2))
         print_speed(summary, a.time_faithful)
     return summary
+
+
+def label(preset: str, overrides: dict | None) -> str:
+    """``epapa`` with ``{"model_coef": 0.5}`` -> ``epapa+model_coef=0.5``: a variant's sessions and rows."""
+    return preset + "".join(f"+{k}={v}" for k, v in sorted((overrides or {}).items()))
 
 
 def print_speed(summary: dict, interactions: int) -> None:

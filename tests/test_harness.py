@@ -75,13 +75,16 @@ def test_papa_goals_script_runs_and_summarizes(tmp_path) -> None:
     from benchmarks import papa_goals
 
     args = ["--presets", "epapa", "--seeds", "1", "--budget", "20", "--eval-every", "10", "--eval-samples", "20"]
-    summary = papa_goals.main([*args, "--out", str(tmp_path)])
-    s = summary["epapa"]
+    summary = papa_goals.main([*args, "--set", "model_coef=0.5", "--out", str(tmp_path)])
+    assert list(summary) == ["epapa+model_coef=0.5"]  # a variant is labelled, never mistaken for the preset
+    s = summary["epapa+model_coef=0.5"]
     assert s["replies"] == [0, 10, 20] and len(s["like_rate_mean"]) == 3
     assert 0 <= s["min_liked_share_end"] <= 1 and s["seconds_per_interaction"] > 0
-    assert (tmp_path / "PAPA-MNIST-v0" / "summary.md").read_text().startswith("| preset") and (
-        tmp_path / "PAPA-MNIST-v0" / "like_rate.png"
-    ).exists()
+    root = tmp_path / "PAPA-MNIST-v0"
+    agent_config = json.loads((root / "epapa+model_coef=0.5-s0" / "config.json").read_text())["agent_config"]
+    assert agent_config["model_coef"] == 0.5 and agent_config["k"] == 300  # the override, on top of the preset
+    assert not (root / "epapa-s0").exists()
+    assert (root / "summary.md").read_text().startswith("| preset") and (root / "like_rate.png").exists()
 
 
 @pytest.mark.slow
