@@ -50,10 +50,18 @@ class PAPAConfig:
     """EPAPA: tune and sample the tuned model only for t >= k (0 = PAPA; the authors' EPAPA: 400)"""
     timesteps_per_image: int | None = 32
     """Monte-Carlo timesteps per query for the sum over t (None = the full sum over all T - k timesteps)"""
+    timestep_sampling: Literal["uniform", "elbo"] = "uniform"
+    """how the Monte-Carlo timesteps are drawn: uniform on [k, T), or with probability proportional to w_t
+    (importance sampling: every row then carries the same weight, where uniform draws make the rare small-t rows,
+    w_t up to 100x the others, arrive as spikes); both estimate the same sum without bias"""
     batch_size: int = 1
     """queries per optimizer step (the authors': 1, i.e. K steps per interaction)"""
     queries_per_step: int = 10
     """K, queries per interaction (must match the env's)"""
+    base_queries: int = 0
+    """of the K queries, this many are drawn from the frozen base model instead of the tuned one: their likes
+    spread over the liked classes as the base draws them, not as the tuned model has come to favour them
+    (0: all K from the tuned model, as the authors)"""
     sampler: Literal["ddim", "ddpm"] = "ddim"
     """sampler of queries and evaluation samples"""
     num_sampling_steps: int = 20
@@ -121,17 +129,26 @@ def reply_weights(replies: np.ndarray | torch.Tensor, full_exploitation: bool) -
     return y if full_exploitation else y.clamp_min(0)
 
 
-def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Timesteps for each query and the factor that makes the sum over them unbiased.
+def draw_timesteps(
+    n_images: int, cfg: PAPAConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """Timesteps for each query and the factors that make the sum over them unbiased.
 
-    Returns ((n_images, m) int64 timesteps in [k, T), scale) with scale * sum over the m draws an unbiased
-    estimate of the sum over all T - k timesteps (scale = 1 and m = T - k for the full sum).
+    Returns ((n_images, m) int64 timesteps in [k, T), scale): sum_j scale_j * f(t_j) over a query's m draws is an
+    unbiased estimate of sum_{t >= k} f(t). ``scale`` is 1 for the full sum (m = T - k), the float (T - k) / m
+    for uniform draws, and the (n_images, m) tensor 1 / (m q(t_j)) for draws from q(t) ~ w_t
+    (``timestep_sampling="elbo"``).
     """
     span = T - cfg.k
     if cfg.timesteps_per_image is None:
         return torch.arange(cfg.k, T).expand(n_images, -1), 1.0
     m = cfg.timesteps_per_image
-    return torch.randint(cfg.k, T, (n_images, m), generator=generator), span / m
+    if cfg.timestep_sampling == "uniform":
+        return torch.randint(cfg.k, T, (n_images, m), generator=generator), span / m
+    q = _schedule()[0][cfg.k :].double()
+    q = q / q.sum()
+    idx = torch.multinomial(q.expand(n_images, -1), m, replacement=True, generator=generator)
+    return idx + cfg.k, (1.0 / (m * q[idx])).float()
 
 
 def papa_loss(
@@ -141,7 +158,7 @@ def papa_loss(
     y: torch.Tensor,
     timesteps: torch.Tensor,
     noise: torch.Tensor,
-    scale: float,
+    scale: torch.Tensor | float,
     cfg: PAPAConfig,
     backward: bool = False,
 ) -> dict[str, float]:
@@ -151,7 +168,8 @@ def papa_loss(
         unet: the model being tuned; base: the frozen base model.
         x0: (B, 1, 28, 28) queries; y: (B,) reply signs (see :func:`reply_weights`).
         timesteps: (B, m) timesteps per query; noise: (B, 1, 28, 28) one eps per query, shared across t.
-        scale: Monte-Carlo factor from :func:`draw_timesteps`.
+        scale: Monte-Carlo factor(s) from :func:`draw_timesteps`: a float or (B, m). The anchor's mean over
+            t >= k is estimated with ``scale / (T - k)`` (= 1 / m for uniform draws).
         backward: accumulate gradients chunk by chunk (bounded memory) instead of returning a graph.
 
     Returns:
@@ -160,6 +178,8 @@ def papa_loss(
     """
     b, m = timesteps.shape
     w, abar = _schedule()
+    span = T - cfg.k
+    rows_scale = scale.reshape(-1) if torch.is_tensor(scale) else torch.full((b * m,), float(scale))
     rows_img = torch.arange(b).repeat_interleave(m)
     rows_t = timesteps.reshape(-1)
     liked = (y > 0).float()
@@ -167,6 +187,7 @@ def papa_loss(
     pref_sum, model_sum = 0.0, 0.0
     for start in range(0, len(rows_t), cfg.chunk):
         i, t = rows_img[start : start + cfg.chunk], rows_t[start : start + cfg.chunk]
+        c = rows_scale[start : start + cfg.chunk]
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0[i] + (1 - a).sqrt() * noise[i]
         eps_hat = unet(x_t, t).sample
@@ -180,9 +201,9 @@ def papa_loss(
         if bounded:  # a disliked row stops pushing once its error is (1 + margin) x the base model's
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             mse = torch.where(y[i] < 0, torch.minimum(mse, cap), mse)
-        pref = cfg.pref_coef * y[i] * scale * w[t] * mse
+        pref = cfg.pref_coef * y[i] * c * w[t] * mse
         if need_model:
-            model = cfg.model_coef * liked[i] * ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) / m
+            model = cfg.model_coef * liked[i] * c / span * ((eps_hat - eps_base) ** 2).mean((1, 2, 3))
         else:
             model = torch.zeros_like(pref)
         chunk_loss = (pref.sum() + model.sum()) / b
@@ -224,6 +245,10 @@ class PAPA(Agent):
             raise ValueError(f"replay_balance must be > 0 or None, got {config.replay_balance}")
         if config.replay < 0 or (config.dislike_margin is not None and config.dislike_margin < 0):
             raise ValueError(f"replay and dislike_margin must be >= 0, got {config.replay}, {config.dislike_margin}")
+        if not 0 <= config.base_queries <= config.queries_per_step:
+            raise ValueError(f"base_queries must be in [0, queries_per_step], got {config.base_queries}")
+        if config.timestep_sampling not in ("uniform", "elbo"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'elbo', got {config.timestep_sampling!r}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
             raise ValueError(f"timesteps_per_image must be >= 1 or None, got {config.timesteps_per_image}")
         self.cfg = config
@@ -248,7 +273,21 @@ class PAPA(Agent):
         )
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        return self.generate(self.cfg.queries_per_step, generator).numpy()
+        n_base = self.cfg.base_queries
+        tuned = (
+            self.generate(self.cfg.queries_per_step - n_base, generator) if n_base < self.cfg.queries_per_step else None
+        )
+        if not n_base:
+            return tuned.numpy()
+        base = sample(
+            self.base,
+            n_base,
+            sampler=self.cfg.sampler,
+            num_steps=self.cfg.num_sampling_steps,
+            eta=self.cfg.eta,
+            generator=generator,
+        )
+        return (base if tuned is None else torch.cat([tuned, base])).numpy()
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         x0 = torch.as_tensor(np.asarray(queries), dtype=torch.float32)

@@ -22,3 +22,10 @@ class BudgetExhaustedError(PapaEnvError, RuntimeError):
 
 class ResetNeededError(PapaEnvError, ResetNeeded, RuntimeError):
     """``step`` or ``render`` before the first ``reset()``."""
+
+
+class RunMismatchError(PapaEnvError, ValueError):
+    """A run folder is resumed with a different agent, agent config, env, seed or budget than it was started with.
+
+    Raised before anything in the folder is touched: start a new folder, or resume with the settings it names.
+    """

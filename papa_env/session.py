@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from papa_env.agents.base import Agent
+from papa_env.errors import RunMismatchError
 from papa_env.metrics import embed, frechet_distance, judge
 
 
@@ -163,7 +164,10 @@ def run_session(
         cfg = getattr(agent, "cfg", None)
         if is_dataclass(cfg):
             config["agent_config"] = asdict(cfg)
-        (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        config = json.loads(json.dumps(config, default=str))  # as it reads back from config.json
+        if (run / "checkpoint.pt").exists() and (run / "config.json").exists():
+            _check_same_run(run, json.loads((run / "config.json").read_text()), config, cfg)
+        (run / "config.json").write_text(json.dumps(config, indent=2))
         step, records = _resume(run, agent, base_env, gen)
 
     def evaluation_due(step: int) -> bool:  # after this interaction's update
@@ -271,6 +275,32 @@ def _checkpoint(run: Path, agent: Agent, env, gen: torch.Generator, step: int, r
         tmp,
     )
     os.replace(tmp, run / "checkpoint.pt")
+
+
+def _check_same_run(run: Path, saved: dict, current: dict, cfg: Any) -> None:
+    """Raise :class:`RunMismatchError` if ``run`` was started with other settings than it is resumed with.
+
+    A config field the folder does not name (added to the agent after the run started) must hold its default.
+    """
+    defaults = {
+        f.name: f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+        for f in (fields(cfg) if is_dataclass(cfg) else ())
+    }
+    diffs = [
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in ("agent", "env", "seed", "feedback_budget", "queries_per_step", "preference")
+        if saved.get(key) != current.get(key)
+    ]
+    old, new = saved.get("agent_config", {}), current.get("agent_config", {})
+    for key, value in new.items():
+        was = old[key] if key in old else json.loads(json.dumps(defaults.get(key), default=str))
+        if was != value:
+            diffs.append(f"agent_config.{key}: {was!r} -> {value!r}")
+    if diffs:
+        raise RunMismatchError(
+            f"{run} was started with other settings than this resume ({'; '.join(diffs)}); resume it with the "
+            "settings in its config.json, or use a new run folder"
+        )
 
 
 def _resume(run: Path, agent: Agent, env, gen: torch.Generator) -> tuple[int, list]:

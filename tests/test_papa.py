@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
@@ -64,24 +65,43 @@ def test_chunked_backward_gives_the_same_gradient() -> None:
     assert a.a.grad.item() == pytest.approx(b.a.grad.item(), rel=1e-5)
 
 
-def test_monte_carlo_estimate_is_unbiased(tiny_unet) -> None:
-    """The mean of the m-timestep estimate over many draws matches the full sum over all T timesteps."""
+@pytest.mark.parametrize("sampling", ["uniform", "elbo"])
+def test_monte_carlo_estimate_is_unbiased(tiny_unet, sampling: str) -> None:
+    """The mean of the m-timestep estimate over many draws matches the full sum over the T - k timesteps, for
+    both terms (the anchor to a different base model included) and both ways of drawing the timesteps."""
     torch.manual_seed(0)
+    base = copy.deepcopy(tiny_unet)
+    with torch.no_grad():
+        for param in base.parameters():  # another model: the anchor term is not zero
+            param.add_(0.05 * torch.randn_like(param))
     x0, noise = torch.rand(1, 1, 28, 28) * 2 - 1, torch.randn(1, 1, 28, 28)
     y = torch.tensor([1.0])
-    cfg_full = PAPAConfig(timesteps_per_image=None, model_coef=0.0, chunk=1000)
+    cfg_full = PAPAConfig(timesteps_per_image=None, model_coef=0.5, k=100, chunk=1000)
+    cfg_mc = replace(cfg_full, timesteps_per_image=16, timestep_sampling=sampling)
     with torch.no_grad():
         ts, scale = draw_timesteps(1, cfg_full, torch.Generator())
-        full = papa_loss(tiny_unet, tiny_unet, x0, y, ts, noise, scale, cfg_full)["loss"]
-        cfg_mc = PAPAConfig(timesteps_per_image=16, model_coef=0.0, chunk=1000)
+        full = papa_loss(tiny_unet, base, x0, y, ts, noise, scale, cfg_full)
         g = torch.Generator().manual_seed(1)
         draws = []
         for _ in range(400):
             ts, scale = draw_timesteps(1, cfg_mc, g)
-            draws.append(papa_loss(tiny_unet, tiny_unet, x0, y, ts, noise, scale, cfg_mc)["loss"])
-    mean, sem = np.mean(draws), np.std(draws) / np.sqrt(len(draws))
-    print(f"full sum {full:.5f}; MC mean {mean:.5f} +- {sem:.5f}")
-    assert abs(mean - full) < 4 * sem + 1e-6
+            assert ts.min() >= 100 and ts.shape == (1, 16)
+            draws.append(papa_loss(tiny_unet, base, x0, y, ts, noise, scale, cfg_mc))
+    for key in ("losses/pref", "losses/model"):
+        values = [d[key] for d in draws]
+        mean, sem = np.mean(values), np.std(values) / np.sqrt(len(values))
+        print(f"{sampling} {key}: full sum {full[key]:.5f}; MC mean {mean:.5f} +- {sem:.5f}")
+        assert full[key] > 0 and abs(mean - full[key]) < 4 * sem + 1e-6
+
+
+def test_elbo_timestep_sampling_draws_small_t_often_and_weighs_every_row_the_same() -> None:
+    cfg = PAPAConfig(timesteps_per_image=4000, timestep_sampling="elbo")
+    ts, scale = draw_timesteps(1, cfg, torch.Generator().manual_seed(0))
+    w = elbo_weights(make_scheduler())
+    assert 0.15 < float((ts < 10).float().mean()) < 0.3  # 22% of sum_t w_t lies below t = 10 (uniform: 1%)
+    assert torch.allclose(scale * w[ts], torch.full_like(scale, float(w.sum()) / 4000), rtol=1e-4)
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        PAPA(Linear(0.1), replace(cfg, timestep_sampling="stratified"))
 
 
 def test_epapa_trains_and_samples_the_tuned_model_only_above_k() -> None:
@@ -196,6 +216,27 @@ def test_resume_after_interruption_reproduces_the_run(tiny_unet, tmp_path) -> No
     b = torch.load(interrupted / "checkpoint.pt", weights_only=False)["agent"]["unet"]
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     assert (straight / "model.safetensors").exists() and (interrupted / "model.safetensors").exists()
+
+
+def test_resuming_with_other_settings_is_refused_before_touching_the_folder(tiny_unet, tmp_path) -> None:
+    from papa_env.errors import RunMismatchError
+
+    run = tmp_path / "run"
+    run_session(_agent(tiny_unet), _env(60, 0.0), run, eval_every=0, progress=False, stop_after_steps=2)
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    with pytest.raises(RunMismatchError, match=r"agent_config.pref_coef: 0.1 -> 0.2.*new run folder"):
+        run_session(_agent(tiny_unet, pref_coef=0.2), _env(60, 0.0), run, eval_every=0, progress=False)
+    with pytest.raises(RunMismatchError, match=r"feedback_budget: 60 -> 50"):
+        run_session(_agent(tiny_unet), _env(50, 0.0), run, eval_every=0, progress=False)
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before  # nothing was touched
+    # a folder started before a config field existed resumes if the field holds its default
+    config = json.loads((run / "config.json").read_text())
+    del config["agent_config"]["base_queries"]
+    (run / "config.json").write_text(json.dumps(config))
+    records = run_session(_agent(tiny_unet), _env(60, 0.0), run, eval_every=0, progress=False)
+    assert len((run / "replies.jsonl").read_text().splitlines()) == 6 and records == []
+    with pytest.raises(RunMismatchError, match="base_queries: 0 -> 2"):
+        run_session(_agent(tiny_unet, base_queries=2), _env(60, 0.0), run, eval_every=0, progress=False)
 
 
 class _KilledAt(_Eval):
@@ -322,3 +363,31 @@ def test_balanced_replay_favours_rare_replies_and_keeps_each_signs_share(tiny_un
     assert torch.allclose(agent._replay_probs(), torch.full((4,), 0.25))
     q = agent.propose(torch.Generator().manual_seed(0))
     assert agent.learn(q, np.ones(10))["compute/rows"] > 0
+
+
+def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
+    from papa_env.diffusion import sample
+
+    def moved_agent(base_queries: int) -> PAPA:
+        agent = _agent(tiny_unet, base_queries=base_queries)
+        with torch.no_grad():
+            for param in agent.unet.parameters():  # the tuned model has moved away from the base
+                param.add_(0.1)
+        return agent
+
+    steps = _agent(tiny_unet).cfg.num_sampling_steps
+    agent = moved_agent(3)
+    q = agent.propose(torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    tuned = sample(agent.unet, 7, num_steps=steps, generator=g)  # the first 7 from the tuned model,
+    base = sample(agent.base, 3, num_steps=steps, generator=g)  # then 3 from the base, one generator stream
+    assert q.shape == (10, 1, 28, 28) and np.allclose(q, torch.cat([tuned, base]).numpy())
+    g = torch.Generator().manual_seed(0)
+    sample(agent.unet, 7, num_steps=steps, generator=g)
+    assert not np.allclose(q[7:], sample(agent.unet, 3, num_steps=steps, generator=g).numpy())  # not the tuned's
+    assert agent.learn(q, np.array([1, -1] * 5))["compute/rows"] > 0
+    only_base = moved_agent(10).propose(torch.Generator().manual_seed(0))
+    expected = sample(agent.base, 10, num_steps=steps, generator=torch.Generator().manual_seed(0))
+    assert np.allclose(only_base, expected.numpy())
+    with pytest.raises(ValueError, match="base_queries"):
+        PAPA(tiny_unet, PAPAConfig(base_queries=11))
