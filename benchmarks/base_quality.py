@@ -3,6 +3,7 @@
     python -m benchmarks.base_quality --dataset mnist                 # the shipped model, default sampler
     python -m benchmarks.base_quality --dataset mnist --sampler ddpm --steps 1000
     python -m benchmarks.base_quality --dataset mnist --model /path/to/ema.safetensors
+    python -m benchmarks.base_quality --dataset fashion-mnist --judge /path/to/candidate-judge.safetensors
 
 Prints and writes (runs/benchmarks/base_quality_<dataset>_<sampler><steps>.json):
 * share of samples the judge classifies with confidence >= 0.9 (the bar: MNIST >= 0.90, Fashion >= 0.75);
@@ -39,9 +40,13 @@ def measure(
     eta: float = DEFAULT_ETA,
     seed: int = 0,
     data_root: str | None = None,
+    judge_net: torch.nn.Module | None = None,
 ) -> dict:
-    """Sample ``n`` images and score them; returns a flat dict of figures (and the samples under 'images')."""
-    judge_net = load_pretrained(f"{dataset}-judge")
+    """Sample ``n`` images and score them; returns a flat dict of figures (and the samples under 'images').
+
+    ``judge_net`` replaces the shipped ``<dataset>-judge`` (to weigh a candidate judge).
+    """
+    judge_net = judge_net if judge_net is not None else load_pretrained(f"{dataset}-judge")
     user_net = load_pretrained(f"{dataset}-classifier")
     t0 = time.perf_counter()
     images = sample(
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(BARS), default="mnist")
     p.add_argument("--model", default=None, help="a .safetensors UNet (default: the shipped <dataset>-ddpm)")
+    p.add_argument("--judge", default=None, help="a .safetensors classifier (default: the shipped <dataset>-judge)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default=DEFAULT_SAMPLER)
     p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS)
@@ -90,12 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="runs/benchmarks")
     a = p.parse_args(argv)
     unet = load_model(a.model) if a.model else load_pretrained(f"{a.dataset}-ddpm")
-    r = measure(a.dataset, unet, a.n, a.sampler, a.steps, a.eta, a.seed, a.data_root)
+    judge_net = load_model(a.judge) if a.judge else None
+    r = measure(a.dataset, unet, a.n, a.sampler, a.steps, a.eta, a.seed, a.data_root, judge_net)
     images = r.pop("images")
     tag = f"base_quality_{a.dataset}_{a.sampler}{a.steps}" + ("" if a.sampler == "ddpm" else f"_eta{a.eta:g}")
+    tag += f"_judge-{Path(a.judge).stem}" if a.judge else ""
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{tag}.json").write_text(json.dumps({**r, "model": a.model or f"{a.dataset}-ddpm"}, indent=2))
+    named = {"model": a.model or f"{a.dataset}-ddpm", "judge": a.judge or f"{a.dataset}-judge"}
+    (out / f"{tag}.json").write_text(json.dumps({**r, **named}, indent=2))
     save_grid(images[:100], out / f"{tag}.png", nrow=10)
     bar = BARS[a.dataset]
     names = class_names(a.dataset)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,3 +82,22 @@ def test_judge_and_user_architectures_differ() -> None:
         model_metadata(pretrained_path("mnist-classifier"))["seed"]
         != model_metadata(pretrained_path("mnist-judge"))["seed"]
     )
+
+
+def test_base_quality_measures_with_the_shipped_or_a_given_judge(tiny_unet, data_root, tmp_path) -> None:
+    from benchmarks import base_quality
+
+    r = base_quality.measure("mnist", tiny_unet, n=20, steps=2, data_root=str(data_root))
+    assert r["images"].shape == (20, 1, 28, 28) and 0 <= r["confident_fraction"] <= 1
+    assert sum(r["class_shares"]) == pytest.approx(1.0, abs=1e-3) and r["frechet_judge"] > 0
+    assert r["test_confident_fraction"] > 0.9  # the shipped judge on real test digits
+    # the user's own classifier as the "judge": it agrees with itself on every sample
+    user = load_pretrained("mnist-classifier")
+    r2 = base_quality.measure("mnist", tiny_unet, n=20, steps=2, data_root=str(data_root), judge_net=user)
+    assert r2["user_judge_agreement"] == 1.0 and torch.equal(r2["images"], r["images"])
+    save_model(user, tmp_path / "candidate.safetensors")
+    args = ["--n", "20", "--steps", "2", "--judge", str(tmp_path / "candidate.safetensors")]
+    out = base_quality.main([*args, "--out", str(tmp_path), "--data-root", str(data_root)])
+    assert out["user_judge_agreement"] == 1.0
+    written = json.loads(next(tmp_path.glob("base_quality_mnist_ddim2_eta1_judge-candidate.json")).read_text())
+    assert written["judge"].endswith("candidate.safetensors") and written["model"] == "mnist-ddpm"
