@@ -168,8 +168,9 @@ def papa_loss(
         unet: the model being tuned; base: the frozen base model.
         x0: (B, 1, 28, 28) queries; y: (B,) reply signs (see :func:`reply_weights`).
         timesteps: (B, m) timesteps per query; noise: (B, 1, 28, 28) one eps per query, shared across t.
-        scale: Monte-Carlo factor(s) from :func:`draw_timesteps`: a float or (B, m). The anchor's mean over
-            t >= k is estimated with ``scale / (T - k)`` (= 1 / m for uniform draws).
+        scale: Monte-Carlo factor(s) of the reply term from :func:`draw_timesteps`: a float (uniform draws, or
+            the full sum) or (B, m) per-row factors (importance-sampled draws). The anchor's mean over t >= k is
+            estimated with weights 1 / m for a float, and ``scale / (T - k)`` = 1 / (m (T - k) q(t)) per row.
         backward: accumulate gradients chunk by chunk (bounded memory) instead of returning a graph.
 
     Returns:
@@ -179,7 +180,10 @@ def papa_loss(
     b, m = timesteps.shape
     w, abar = _schedule()
     span = T - cfg.k
-    rows_scale = scale.reshape(-1) if torch.is_tensor(scale) else torch.full((b * m,), float(scale))
+    if torch.is_tensor(scale):
+        rows_scale, rows_anchor = scale.reshape(-1), scale.reshape(-1) / span
+    else:
+        rows_scale, rows_anchor = torch.full((b * m,), float(scale)), torch.full((b * m,), 1.0 / m)
     rows_img = torch.arange(b).repeat_interleave(m)
     rows_t = timesteps.reshape(-1)
     liked = (y > 0).float()
@@ -187,7 +191,7 @@ def papa_loss(
     pref_sum, model_sum = 0.0, 0.0
     for start in range(0, len(rows_t), cfg.chunk):
         i, t = rows_img[start : start + cfg.chunk], rows_t[start : start + cfg.chunk]
-        c = rows_scale[start : start + cfg.chunk]
+        c, c_anchor = rows_scale[start : start + cfg.chunk], rows_anchor[start : start + cfg.chunk]
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0[i] + (1 - a).sqrt() * noise[i]
         eps_hat = unet(x_t, t).sample
@@ -203,7 +207,7 @@ def papa_loss(
             mse = torch.where(y[i] < 0, torch.minimum(mse, cap), mse)
         pref = cfg.pref_coef * y[i] * c * w[t] * mse
         if need_model:
-            model = cfg.model_coef * liked[i] * c / span * ((eps_hat - eps_base) ** 2).mean((1, 2, 3))
+            model = cfg.model_coef * liked[i] * c_anchor * ((eps_hat - eps_base) ** 2).mean((1, 2, 3))
         else:
             model = torch.zeros_like(pref)
         chunk_loss = (pref.sum() + model.sum()) / b
