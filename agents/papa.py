@@ -267,31 +267,18 @@ class PAPA(Agent):
         self.buffer_y = torch.zeros(0)
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return sample(
-            self.policy,
-            n,
-            sampler=self.cfg.sampler,
-            num_steps=self.cfg.num_sampling_steps,
-            eta=self.cfg.eta,
-            generator=generator,
-        )
+        return self._sample(self.policy, n, generator)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        n_base = self.cfg.base_queries
-        tuned = (
-            self.generate(self.cfg.queries_per_step - n_base, generator) if n_base < self.cfg.queries_per_step else None
-        )
-        if not n_base:
-            return tuned.numpy()
-        base = sample(
-            self.base,
-            n_base,
-            sampler=self.cfg.sampler,
-            num_steps=self.cfg.num_sampling_steps,
-            eta=self.cfg.eta,
-            generator=generator,
-        )
-        return (base if tuned is None else torch.cat([tuned, base])).numpy()
+        k, n_base = self.cfg.queries_per_step, self.cfg.base_queries
+        parts = [self.generate(k - n_base, generator)] if n_base < k else []
+        if n_base:  # then the base model's, from the same generator stream
+            parts.append(self._sample(self.base, n_base, generator))
+        return torch.cat(parts).numpy()
+
+    def _sample(self, unet: torch.nn.Module, n: int, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        return sample(unet, n, sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta, generator=generator)
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         x0 = torch.as_tensor(np.asarray(queries), dtype=torch.float32)

@@ -29,7 +29,8 @@ from papa_env.session import Evaluator, collapse_report, run_session
 
 def parse_overrides(items: list[str]) -> dict:
     """``["lr=1e-4", "k=300", "dislike_margin=None"]`` -> typed PAPAConfig overrides (JSON values)."""
-    names = {f.name for f in fields(PAPAConfig)}
+    types = {f.name: f.type for f in fields(PAPAConfig)}
+    names = set(types)
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -39,6 +40,19 @@ def parse_overrides(items: list[str]) -> dict:
             out[key] = None if value == "None" else json.loads(value)
         except json.JSONDecodeError:  # a bare string, e.g. sampler=ddpm
             out[key] = value
+        kind = str(types[key])  # e.g. "float | None", "bool", "Literal['ddim', 'ddpm']"
+        v = out[key]
+        ok = (
+            ("None" in kind)
+            if v is None
+            else isinstance(v, bool)
+            if kind == "bool"
+            else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if kind.split(" |")[0] in ("int", "float")
+            else isinstance(v, str)
+        )
+        if not ok:
+            raise SystemExit(f"--set {key} expects a value of type {kind}; got {value!r}")
     return out
 
 

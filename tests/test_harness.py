@@ -99,6 +99,8 @@ def test_papa_sweep_applies_overrides_and_rejects_unknown_fields(tmp_path) -> No
     assert json.loads(log.read_text())["seed"] == 0
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         papa_sweep.main(["--set", "learning_rate=1"])
+    with pytest.raises(SystemExit, match="model_coef expects a value of type float"):  # before any session
+        papa_sweep.main(["--set", "model_coef=abc"])
 
 
 def _fake_results(ends: dict[str, list[float]]) -> list[dict]:
