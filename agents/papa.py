@@ -40,6 +40,9 @@ class PAPAConfig:
 
     lr: float = 1e-5
     """Adam learning rate (the authors': 1e-5)"""
+    lr_half_life: int | None = None
+    """halve the learning rate every this many replies seen (exponential decay, no horizon needed: after n
+    replies the update uses lr * 0.5 ** (n / lr_half_life)); None: constant, as the authors"""
     pref_coef: float = 0.1
     """weight of the reply-signed ELBO term (the authors': 0.1)"""
     model_coef: float = 0.009
@@ -253,6 +256,8 @@ class PAPA(Agent):
             raise ValueError(f"base_queries must be in [0, queries_per_step], got {config.base_queries}")
         if config.timestep_sampling not in ("uniform", "elbo"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'elbo', got {config.timestep_sampling!r}")
+        if config.lr_half_life is not None and config.lr_half_life < 1:
+            raise ValueError(f"lr_half_life must be >= 1 or None, got {config.lr_half_life}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
             raise ValueError(f"timesteps_per_image must be >= 1 or None, got {config.timesteps_per_image}")
         self.cfg = config
@@ -263,6 +268,7 @@ class PAPA(Agent):
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.updates = 0
+        self.replies_seen = 0  # replies given to learn() so far, skips included (the lr schedule's clock)
         self.buffer_x = torch.zeros(0)  # every reply so far that has a sign (skips are dropped)
         self.buffer_y = torch.zeros(0)
 
@@ -286,6 +292,7 @@ class PAPA(Agent):
         if len(x0) != len(y):
             raise ValueError(f"{len(x0)} queries but {len(y)} replies")
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
+        stats["charts/learning_rate"] = self._set_lr()
         self.unet.train()
         for xb, yb in self._batches(x0, y):
             if not bool((yb != 0).any()):
@@ -302,10 +309,20 @@ class PAPA(Agent):
                 stats[key] += out[key]
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
+        self.replies_seen += len(y)
         keep = y != 0
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
         self.buffer_y = torch.cat([self.buffer_y, y[keep]])
         return stats
+
+    def _set_lr(self) -> float:
+        """The learning rate of this interaction's updates (decayed by the replies seen before it)."""
+        lr = self.cfg.lr
+        if self.cfg.lr_half_life is not None:
+            lr *= 0.5 ** (self.replies_seen / self.cfg.lr_half_life)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor):
         """The optimizer steps of one interaction: (queries, reply signs) per step.
@@ -357,6 +374,7 @@ class PAPA(Agent):
             "opt": self.opt.state_dict(),
             "generator": self.generator.get_state(),
             "updates": self.updates,
+            "replies_seen": self.replies_seen,
             "config": asdict(self.cfg),
             "buffer_x": self.buffer_x.clone(),
             "buffer_y": self.buffer_y.clone(),
@@ -367,4 +385,6 @@ class PAPA(Agent):
         self.opt.load_state_dict(state["opt"])
         self.generator.set_state(state["generator"])
         self.updates = state["updates"]
+        # read only by the lr schedule, which checkpoints written before it existed never used
+        self.replies_seen = state.get("replies_seen", len(state["buffer_y"]))
         self.buffer_x, self.buffer_y = state["buffer_x"], state["buffer_y"]

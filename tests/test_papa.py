@@ -336,8 +336,30 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
 
 
+def test_lr_half_life_halves_the_learning_rate_per_half_life_of_replies_and_survives_a_resume(tiny_unet) -> None:
+    agent = _agent(tiny_unet, lr_half_life=20, updates_per_interaction=1)
+    q = agent.propose(torch.Generator().manual_seed(0))
+    replies = np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1])  # skips count: the clock is replies given
+    lrs = [agent.learn(q, replies)["charts/learning_rate"] for _ in range(3)]
+    assert lrs == pytest.approx([3e-3, 3e-3 * 0.5**0.5, 3e-3 * 0.5])
+    assert agent.opt.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.5)  # what Adam actually stepped with
+    other = _agent(tiny_unet, lr_half_life=20, updates_per_interaction=1)
+    other.load_state_dict(agent.state_dict())
+    assert other.replies_seen == 30
+    assert other.learn(q, replies)["charts/learning_rate"] == pytest.approx(3e-3 * 0.5**1.5)
+    constant = _agent(tiny_unet, updates_per_interaction=1)  # the authors': no schedule
+    assert [constant.learn(q, replies)["charts/learning_rate"] for _ in range(2)] == [3e-3, 3e-3]
+
+
 @pytest.mark.parametrize(
-    "bad", [{"updates_per_interaction": 0}, {"replay": -1}, {"dislike_margin": -0.5}, {"replay_balance": 0.0}]
+    "bad",
+    [
+        {"updates_per_interaction": 0},
+        {"replay": -1},
+        {"dislike_margin": -0.5},
+        {"replay_balance": 0.0},
+        {"lr_half_life": 0},
+    ],
 )
 def test_new_fast_options_reject_bad_values(tiny_unet, bad) -> None:
     with pytest.raises(ValueError, match="must be"):
