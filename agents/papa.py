@@ -82,6 +82,11 @@ class PAPAConfig:
     same-sign replies is: a Gaussian kernel density in pixel space whose squared bandwidth is this fraction of
     the mean squared distance between them. Replies like many others (the same liked digit drawn again and
     again) are replayed less, rare ones more (None: uniform, as the authors)"""
+    reply_baseline: int | None = None
+    """subtract a baseline from the reply term's sign: the mean of the last this many signed replies (this
+    interaction's included), so a like counts 1 - b and a dislike -1 - b. As the like-rate rises, likes push less
+    (the liked modes the model already favours stop getting richer) and the rare dislikes push more (the
+    REINFORCE baseline; needs ``full_exploitation``; None: the raw sign, as the authors)"""
     dislike_margin: float | None = None
     """bound the dislike term: stop raising a disliked query's denoising error once it exceeds the base
     model's by this fraction (None: unbounded, as the authors)"""
@@ -164,6 +169,7 @@ def papa_loss(
     scale: torch.Tensor | float,
     cfg: PAPAConfig,
     backward: bool = False,
+    reply_weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """PAPA's loss for a batch of queries, summed over its (query, timestep) rows and averaged over queries.
 
@@ -175,6 +181,8 @@ def papa_loss(
             the full sum) or (B, m) per-row factors (importance-sampled draws). The anchor's mean over t >= k is
             estimated with weights 1 / m for a float, and ``scale / (T - k)`` = 1 / (m (T - k) q(t)) per row.
         backward: accumulate gradients chunk by chunk (bounded memory) instead of returning a graph.
+        reply_weight: (B,) multiplier of each query's reply term (default ``y``; ``y`` minus a baseline with
+            ``reply_baseline``); the anchor and the dislike bound still follow the sign ``y``.
 
     Returns:
         ``{"loss": ..., "losses/pref": ..., "losses/model": ...}`` as floats; with ``backward=False`` also
@@ -190,6 +198,7 @@ def papa_loss(
     rows_img = torch.arange(b).repeat_interleave(m)
     rows_t = timesteps.reshape(-1)
     liked = (y > 0).float()
+    r = y if reply_weight is None else reply_weight
     total = torch.zeros(())
     pref_sum, model_sum = 0.0, 0.0
     for start in range(0, len(rows_t), cfg.chunk):
@@ -208,7 +217,7 @@ def papa_loss(
         if bounded:  # a disliked row stops pushing once its error is (1 + margin) x the base model's
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             mse = torch.where(y[i] < 0, torch.minimum(mse, cap), mse)
-        pref = cfg.pref_coef * y[i] * c * w[t] * mse
+        pref = cfg.pref_coef * r[i] * c * w[t] * mse
         if need_model:
             model = cfg.model_coef * liked[i] * c_anchor * ((eps_hat - eps_base) ** 2).mean((1, 2, 3))
         else:
@@ -256,6 +265,10 @@ class PAPA(Agent):
             raise ValueError(f"base_queries must be in [0, queries_per_step], got {config.base_queries}")
         if config.timestep_sampling not in ("uniform", "elbo"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'elbo', got {config.timestep_sampling!r}")
+        if config.reply_baseline is not None and (config.reply_baseline < 1 or not config.full_exploitation):
+            raise ValueError(
+                f"reply_baseline must be >= 1 (and needs full_exploitation=True), got {config.reply_baseline}"
+            )
         if config.lr_half_life is not None and config.lr_half_life < 1:
             raise ValueError(f"lr_half_life must be >= 1 or None, got {config.lr_half_life}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
@@ -293,6 +306,9 @@ class PAPA(Agent):
             raise ValueError(f"{len(x0)} queries but {len(y)} replies")
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
         stats["charts/learning_rate"] = self._set_lr()
+        baseline = self._baseline(y)
+        if baseline is not None:
+            stats["charts/reply_baseline"] = baseline
         self.unet.train()
         for xb, yb in self._batches(x0, y):
             if not bool((yb != 0).any()):
@@ -300,7 +316,10 @@ class PAPA(Agent):
             timesteps, scale = draw_timesteps(len(xb), self.cfg, self.generator)
             noise = torch.randn(xb.shape, generator=self.generator)
             self.opt.zero_grad(set_to_none=True)
-            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, scale, self.cfg, backward=True)
+            weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
+            out = papa_loss(
+                self.unet, self.base, xb, yb, timesteps, noise, scale, self.cfg, backward=True, reply_weight=weight
+            )
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
             self.opt.step()
@@ -314,6 +333,14 @@ class PAPA(Agent):
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
         self.buffer_y = torch.cat([self.buffer_y, y[keep]])
         return stats
+
+    def _baseline(self, y: torch.Tensor) -> float | None:
+        """The reply baseline b of this interaction: the mean of the last ``reply_baseline`` signed replies,
+        this interaction's included (None without ``reply_baseline``, or before any signed reply)."""
+        if self.cfg.reply_baseline is None:
+            return None
+        recent = torch.cat([self.buffer_y, y[y != 0]])[-self.cfg.reply_baseline :]
+        return float(recent.mean()) if len(recent) else None
 
     def _set_lr(self) -> float:
         """The learning rate of this interaction's updates (decayed by the replies seen before it)."""

@@ -351,6 +351,40 @@ def test_lr_half_life_halves_the_learning_rate_per_half_life_of_replies_and_surv
     assert [constant.learn(q, replies)["charts/learning_rate"] for _ in range(2)] == [3e-3, 3e-3]
 
 
+def test_reply_weight_scales_the_reply_term_while_the_anchor_follows_the_sign() -> None:
+    cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009)
+    x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
+    ts, y = torch.tensor([[10, 500], [999, 3]]), torch.tensor([1.0, -1.0])
+    unet, base = Linear(0.5), Linear(0.2, b=1.0)
+    raw = papa_loss(unet, base, x0, y, ts, noise, 2.0, cfg)
+    only_like = papa_loss(unet, base, x0, torch.tensor([1.0, 0.0]), ts, noise, 2.0, cfg)
+    only_dislike = papa_loss(unet, base, x0, torch.tensor([0.0, -1.0]), ts, noise, 2.0, cfg)
+    centred = papa_loss(unet, base, x0, y, ts, noise, 2.0, cfg, reply_weight=torch.tensor([0.25, -1.75]))
+    expected_pref = 0.25 * only_like["losses/pref"] + 1.75 * only_dislike["losses/pref"]
+    assert centred["losses/pref"] == pytest.approx(expected_pref, rel=1e-5)
+    assert raw["losses/model"] > 0  # the liked query's anchor, unchanged by the weights
+    assert centred["losses/model"] == pytest.approx(raw["losses/model"], rel=1e-6)
+    assert raw["losses/pref"] == pytest.approx(only_like["losses/pref"] + only_dislike["losses/pref"], rel=1e-5)
+
+
+def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_when_all_are_liked(tiny_unet) -> None:
+    agent = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1)
+    q = agent.propose(torch.Generator().manual_seed(0))
+    replies = np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1])  # signed: 5 likes, 3 dislikes; skips do not count
+    assert agent.learn(q, replies)["charts/reply_baseline"] == pytest.approx(0.25)
+    short = _agent(tiny_unet, reply_baseline=4, updates_per_interaction=1)
+    assert short.learn(q, replies)["charts/reply_baseline"] == pytest.approx(0.0)  # the last 4: -1, -1, +1, +1
+    assert "charts/reply_baseline" not in _agent(tiny_unet, updates_per_interaction=1).learn(q, replies)
+    # every recent reply liked: b = 1, a like weighs 1 - b = 0 -> no reply gradient (and no anchor here): no step
+    muted = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1, model_coef=0.0)
+    before = copy.deepcopy(muted.unet.state_dict())
+    assert muted.learn(q, np.ones(10))["charts/reply_baseline"] == 1.0
+    assert all(torch.equal(before[n], p) for n, p in muted.unet.state_dict().items())
+    plain = _agent(tiny_unet, updates_per_interaction=1, model_coef=0.0)
+    plain.learn(q, np.ones(10))
+    assert any(not torch.equal(before[n], p) for n, p in plain.unet.state_dict().items())
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -359,6 +393,8 @@ def test_lr_half_life_halves_the_learning_rate_per_half_life_of_replies_and_surv
         {"dislike_margin": -0.5},
         {"replay_balance": 0.0},
         {"lr_half_life": 0},
+        {"reply_baseline": 0},
+        {"reply_baseline": 10, "full_exploitation": False},
     ],
 )
 def test_new_fast_options_reject_bad_values(tiny_unet, bad) -> None:
