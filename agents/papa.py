@@ -265,9 +265,12 @@ class PAPA(Agent):
             raise ValueError(f"base_queries must be in [0, queries_per_step], got {config.base_queries}")
         if config.timestep_sampling not in ("uniform", "elbo"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'elbo', got {config.timestep_sampling!r}")
-        if config.reply_baseline is not None and (config.reply_baseline < 1 or not config.full_exploitation):
+        if config.reply_baseline is not None and config.reply_baseline < 1:
+            raise ValueError(f"reply_baseline must be >= 1 or None, got {config.reply_baseline}")
+        if config.reply_baseline is not None and not config.full_exploitation:
             raise ValueError(
-                f"reply_baseline must be >= 1 (and needs full_exploitation=True), got {config.reply_baseline}"
+                "reply_baseline must be None with full_exploitation=False: with {+1, 0} replies every signed reply "
+                "is a like, so the baseline would always be 1 and no reply would teach anything"
             )
         if config.lr_half_life is not None and config.lr_half_life < 1:
             raise ValueError(f"lr_half_life must be >= 1 or None, got {config.lr_half_life}")
