@@ -5,9 +5,9 @@
 
 Runs a 300-reply session on PAPA-MNIST-v0 (evaluations of 200 samples every 100 replies, nothing written but
 one JSON line) and prints: the judge's like-rate at each evaluation, the judge confidence before -> after, the
-largest class share at any evaluation, the smallest liked-class share at the end, seconds per update, update
-rows per interaction and any collapse. ``--log`` appends the line to a file. README's tuning table lists the
-exact overrides of each row.
+largest class share at any evaluation, each liked class's share at the end (and the smallest), seconds per update,
+update rows per interaction and any collapse. ``--log`` appends the line to a file. README's tuning table lists
+the exact overrides of each row.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         "max_class_share_any": round(max(r["eval/max_class_share"] for r in records), 3),
         "min_liked_share_end": round(min((records[-1][f"eval/class_share/{c}"] for c in liked), default=np.nan), 3),
+        "liked_shares_end": {str(c): round(records[-1][f"eval/class_share/{c}"], 3) for c in liked},
         "seconds_per_interaction": round(float(np.mean([r["charts/seconds_per_interaction"] for r in records[1:]])), 2),
         "update_rows_per_interaction": records[-1].get("compute/rows"),
         "wall": round(time.perf_counter() - t0),

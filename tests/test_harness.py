@@ -96,6 +96,8 @@ def test_papa_sweep_applies_overrides_and_rejects_unknown_fields(tmp_path) -> No
     result = papa_sweep.main([*args, "--eval-every", "10", "--eval-samples", "10", "--log", str(log)])
     assert result["overrides"] == {"k": 500, "dislike_margin": None}
     assert result["replies"] == [0, 10] and len(result["like_rate"]) == 2
+    shares = result["liked_shares_end"]  # the user's liked digits, each with its share of the last evaluation
+    assert sorted(shares) == ["1", "4", "7", "9"] and min(shares.values()) == result["min_liked_share_end"]
     assert json.loads(log.read_text())["seed"] == 0
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         papa_sweep.main(["--set", "learning_rate=1"])
