@@ -117,6 +117,10 @@ PRESETS["epapa-unanchored"] = replace(PRESETS["fast"], k=300, timesteps_per_imag
 # ("epapa-anchored" is the name it was measured under; same config.)
 PRESETS["epapa"] = replace(PRESETS["epapa-unanchored"], model_coef=0.3)
 PRESETS["epapa-anchored"] = PRESETS["epapa"]
+# EPAPA with a reply baseline over the last 50 signed replies and a wider replay at the same compute: each of the
+# 2 steps takes the 10 new replies + 54 replayed ones x 1 timestep (128 rows per interaction, as `epapa`).
+# 5 seeds, 1,000-sample evaluations: see README ("A reply baseline with a wider replay").
+PRESETS["epapa-baseline"] = replace(PRESETS["epapa"], replay=54, timesteps_per_image=1, reply_baseline=50)
 
 
 # ALGO LOGIC: the loss --------------------------------------------------------------------------------
