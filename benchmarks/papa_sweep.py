@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     records = run_session(agent, env, None, eval_every=a.eval_every, evaluator=evaluator, seed=a.seed, progress=False)
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     liked = getattr(env.unwrapped.oracle.unwrapped, "preference", []) if key.endswith("judge") else []
+    liked_shares = {str(c): round(records[-1][f"eval/class_share/{c}"], 3) for c in liked}
     result = {
         "preset": a.preset,
         "overrides": overrides,
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
             round(records[-1]["eval/judge_confidence"], 3),
         ],
         "max_class_share_any": round(max(r["eval/max_class_share"] for r in records), 3),
-        "min_liked_share_end": round(min((records[-1][f"eval/class_share/{c}"] for c in liked), default=np.nan), 3),
-        "liked_shares_end": {str(c): round(records[-1][f"eval/class_share/{c}"], 3) for c in liked},
+        "min_liked_share_end": min(liked_shares.values(), default=np.nan),
+        "liked_shares_end": liked_shares,
         "seconds_per_interaction": round(float(np.mean([r["charts/seconds_per_interaction"] for r in records[1:]])), 2),
         "update_rows_per_interaction": records[-1].get("compute/rows"),
         "wall": round(time.perf_counter() - t0),
