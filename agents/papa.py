@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 from papa_env.agents.base import Agent
 
 from papa_env.diffusion import SwitchedUNet, elbo_weights, sample
@@ -87,6 +88,14 @@ class PAPAConfig:
     interaction's included), so a like counts 1 - b and a dislike -1 - b. As the like-rate rises, likes push less
     (the liked modes the model already favours stop getting richer) and the rare dislikes push more (the
     REINFORCE baseline; needs ``full_exploitation``; None: the raw sign, as the authors)"""
+    reply_baseline_max: float | None = None
+    """cap the reply baseline at this value, so a like always counts at least 1 - cap however high the like-rate
+    (None: uncapped)"""
+    ema_decay: float | None = None
+    """sample from an exponential moving average of the tuned weights (diffusers' ``EMAModel``, its decay warming
+    up as (1 + n) / (10 + n) over the n updates, capped at this value): Polyak averaging damps the update noise that
+    makes the liked classes' shares wander. The latest weights are still the ones trained (None: sample from the
+    latest weights, as the authors)"""
     dislike_margin: float | None = None
     """bound the dislike term: stop raising a disliked query's denoising error once it exceeds the base
     model's by this fraction (None: unbounded, as the authors)"""
@@ -276,6 +285,15 @@ class PAPA(Agent):
                 "reply_baseline must be None with full_exploitation=False: with {+1, 0} replies every signed reply "
                 "is a like, so the baseline would always be 1 and no reply would teach anything"
             )
+        if config.reply_baseline_max is not None and (
+            config.reply_baseline is None or not -1.0 < config.reply_baseline_max <= 1.0
+        ):
+            raise ValueError(
+                "reply_baseline_max must be None, or in (-1, 1] with reply_baseline set, "
+                f"got {config.reply_baseline_max} (reply_baseline={config.reply_baseline})"
+            )
+        if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {config.ema_decay}")
         if config.lr_half_life is not None and config.lr_half_life < 1:
             raise ValueError(f"lr_half_life must be >= 1 or None, got {config.lr_half_life}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
@@ -284,7 +302,12 @@ class PAPA(Agent):
         self.name = "epapa" if config.k else "papa"
         self.base = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).train().requires_grad_(True)
-        self.policy = SwitchedUNet(self.unet, self.base, config.k) if config.k else self.unet
+        self.ema: EMAModel | None = None
+        self.sampled = self.unet  # the weights queries are drawn from: the latest, or their moving average
+        if config.ema_decay is not None:
+            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay)
+            self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
+        self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.updates = 0
@@ -330,11 +353,15 @@ class PAPA(Agent):
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
             self.opt.step()
+            if self.ema is not None:
+                self.ema.step(self.unet.parameters())
             self.updates += 1
             for key in ("loss", "losses/pref", "losses/model"):
                 stats[key] += out[key]
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
+        if self.ema is not None:
+            self.ema.copy_to(self.sampled.parameters())
         self.replies_seen += len(y)
         keep = y != 0
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
@@ -347,7 +374,10 @@ class PAPA(Agent):
         if self.cfg.reply_baseline is None:
             return None
         recent = torch.cat([self.buffer_y, y[y != 0]])[-self.cfg.reply_baseline :]
-        return float(recent.mean()) if len(recent) else None
+        if not len(recent):
+            return None
+        b = float(recent.mean())
+        return b if self.cfg.reply_baseline_max is None else min(b, self.cfg.reply_baseline_max)
 
     def _set_lr(self) -> float:
         """The learning rate of this interaction's updates (decayed by the replies seen before it)."""
@@ -400,7 +430,7 @@ class PAPA(Agent):
         return (probs / probs.sum()).float()
 
     def model(self) -> torch.nn.Module:
-        return self.unet
+        return self.sampled
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -412,6 +442,7 @@ class PAPA(Agent):
             "config": asdict(self.cfg),
             "buffer_x": self.buffer_x.clone(),
             "buffer_y": self.buffer_y.clone(),
+            **({"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -422,3 +453,6 @@ class PAPA(Agent):
         # read only by the lr schedule, which checkpoints written before it existed never used
         self.replies_seen = state.get("replies_seen", len(state["buffer_y"]))
         self.buffer_x, self.buffer_y = state["buffer_x"], state["buffer_y"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+            self.ema.copy_to(self.sampled.parameters())

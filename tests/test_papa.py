@@ -364,6 +364,34 @@ def test_lr_half_life_halves_the_learning_rate_per_half_life_of_replies_and_surv
     assert [constant.learn(q, replies)["charts/learning_rate"] for _ in range(2)] == [3e-3, 3e-3]
 
 
+def test_ema_samples_from_the_moving_average_of_the_trained_weights_and_survives_a_resume(tiny_unet) -> None:
+    agent = _agent(tiny_unet, ema_decay=0.5, updates_per_interaction=1, k=300)
+    assert agent.model() is agent.sampled is agent.policy.tuned and agent.sampled is not agent.unet
+    q = agent.propose(torch.Generator().manual_seed(0))
+    replies = np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1])
+
+    def weights(module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in module.parameters()]
+
+    agent.learn(q, replies)
+    w1 = weights(agent.unet)  # diffusers' warm-up: decay 0 at the first update -> the average is w1
+    assert all(torch.equal(a, b) for a, b in zip(weights(agent.sampled), w1))
+    state = copy.deepcopy(agent.state_dict())
+    agent.learn(q, replies)
+    w2 = weights(agent.unet)  # then decay min(0.5, 2 / 11)
+    expected = [2 / 11 * a + 9 / 11 * b for a, b in zip(w1, w2)]
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(weights(agent.sampled), expected))
+    assert any(not torch.equal(a, b) for a, b in zip(weights(agent.sampled), w2))  # not the latest weights
+    resumed = _agent(tiny_unet, ema_decay=0.5, updates_per_interaction=1, k=300)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(weights(resumed.sampled), w1))
+    resumed.learn(q, replies)
+    # the same update (to float rounding, as a resumed run: see test_resume_after_interruption_reproduces_the_run)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(weights(resumed.sampled), weights(agent.sampled)))
+    latest = _agent(tiny_unet, updates_per_interaction=1)  # the authors': sample from the latest weights
+    assert latest.model() is latest.sampled is latest.unet is latest.policy
+
+
 def test_reply_weight_scales_the_reply_term_while_the_anchor_follows_the_sign() -> None:
     cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009)
     x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
@@ -388,6 +416,9 @@ def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_whe
     short = _agent(tiny_unet, reply_baseline=4, updates_per_interaction=1)
     assert short.learn(q, replies)["charts/reply_baseline"] == pytest.approx(0.0)  # the last 4: -1, -1, +1, +1
     assert "charts/reply_baseline" not in _agent(tiny_unet, updates_per_interaction=1).learn(q, replies)
+    capped = _agent(tiny_unet, reply_baseline=50, reply_baseline_max=0.1, updates_per_interaction=1)
+    assert capped.learn(q, replies)["charts/reply_baseline"] == pytest.approx(0.1)  # 0.25 capped
+    assert capped.learn(q, -np.ones(10))["charts/reply_baseline"] == pytest.approx(-8 / 18)  # under the cap
     # every recent reply liked: b = 1, a like weighs 1 - b = 0 -> no reply gradient (and no anchor here): no step
     muted = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1, model_coef=0.0)
     before = copy.deepcopy(muted.unet.state_dict())
@@ -408,6 +439,11 @@ def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_whe
         {"lr_half_life": 0},
         {"reply_baseline": 0},
         {"reply_baseline": 10, "full_exploitation": False},
+        {"reply_baseline_max": 0.5},
+        {"ema_decay": 1.0},
+        {"ema_decay": 0.0},
+        {"reply_baseline": 10, "reply_baseline_max": 1.5},
+        {"reply_baseline": 10, "reply_baseline_max": -1.0},
     ],
 )
 def test_new_fast_options_reject_bad_values(tiny_unet, bad) -> None:
