@@ -130,6 +130,11 @@ PRESETS["epapa-anchored"] = PRESETS["epapa"]
 # 2 steps takes the 10 new replies + 54 replayed ones x 1 timestep (128 rows per interaction, as `epapa`).
 # 5 seeds, 1,000-sample evaluations: see README ("A reply baseline with a wider replay").
 PRESETS["epapa-baseline"] = replace(PRESETS["epapa"], replay=54, timesteps_per_image=1, reply_baseline=50)
+# `epapa-baseline` with half of each interaction's queries drawn from the frozen base model (their likes come in the
+# base's even proportions over the liked classes, their dislikes are the clearest negatives) and the anchor doubled
+# to 0.6, spending the like-rate the base queries add on balance. Same update compute (128 rows per interaction).
+# 5 seeds, 1,000-sample evaluations: see README ("Queries from the base model").
+PRESETS["epapa-mixed"] = replace(PRESETS["epapa-baseline"], base_queries=5, model_coef=0.6)
 
 
 # ALGO LOGIC: the loss --------------------------------------------------------------------------------
