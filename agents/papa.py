@@ -93,9 +93,9 @@ class PAPAConfig:
     (None: uncapped)"""
     ema_decay: float | None = None
     """sample from an exponential moving average of the tuned weights (diffusers' ``EMAModel``, its decay warming
-    up as (1 + n) / (10 + n) over the n updates, capped at this value): Polyak averaging damps the update noise that
-    makes the liked classes' shares wander. The latest weights are still the ones trained (None: sample from the
-    latest weights, as the authors)"""
+    up: 0 at the first update, n / (9 + n) at the n-th, capped at this value): Polyak averaging damps the update
+    noise that makes the liked classes' shares wander. The latest weights are still the ones trained (None: sample
+    from the latest weights, as the authors)"""
     dislike_margin: float | None = None
     """bound the dislike term: stop raising a disliked query's denoising error once it exceeds the base
     model's by this fraction (None: unbounded, as the authors)"""
