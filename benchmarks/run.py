@@ -4,6 +4,8 @@
         --agents papa,epapa,ddpo,d3po,sb3-ppo,sb3-sac,reward-model,base,oracle-best-of-n --seeds 5 --budget 300
     python -m benchmarks.run --quick          # 1 seed, 20 replies, small evaluations: a smoke test in minutes
     python -m benchmarks.run --env PAPA-MNIST-v0 --mistake-rate 0.1 ...   # a user who errs 10% of the time
+    python -m benchmarks.run --agents epapa-mixed \\
+        --reuse benchmarks/results/compare-PAPA-MNIST-v0/results.jsonl   # add an agent to an earlier comparison
 
 Every (agent, seed) is a session in ``<out>/<tag>/<agent>-s<seed>``: a finished one is read back from its
 ``result.json`` when rerun, an unfinished learner resumes, an unfinished SB3 run starts over. ``--workers 2``
@@ -12,6 +14,10 @@ Writes under ``<out>/<tag>``: ``results.jsonl`` (every evaluation record), ``tab
 (like-rate at each evaluation, mean and 95% CI over seeds; liked-class shares, judge confidence and seconds per
 interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at the end: Welch's t-test over seeds),
 ``like_rate.png`` (mean +- 95% CI bands, Student's t as in the table) and ``final_samples.png`` (a row per agent).
+``--reuse FILE`` reads the sessions of an earlier comparison's ``results.jsonl`` (same env, budget and
+evaluations: its reply schedule is checked) instead of running them, and adds its agents to this comparison; the
+samples grid then shows only the agents whose seed-0 session folder is here (and the references).
+``epapa`` and ``epapa-mixed`` are the PAPA presets of those names, ``papa`` is the ``fast`` preset.
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
 do not learn, so they ask the user nothing: one evaluation, reported at the start and at the end of the budget.
 """
@@ -33,7 +39,7 @@ import papa_env  # noqa: F401
 from papa_env.models import load_pretrained
 from papa_env.session import Evaluator, collapse_report, run_session
 
-LEARNERS = ("papa", "epapa", "ddpo", "d3po", "reward-model")
+LEARNERS = ("papa", "epapa", "epapa-mixed", "ddpo", "d3po", "reward-model")
 SB3 = ("sb3-ppo", "sb3-sac")
 REFERENCES = ("base", "oracle-best-of-n")
 ALL = LEARNERS + SB3 + REFERENCES
@@ -49,8 +55,9 @@ def make_agent(name: str, unet: torch.nn.Module, env, seed: int, queries_per_ste
     from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
 
     k = queries_per_step
-    if name in ("papa", "epapa"):
-        return PAPA(unet, replace(PRESETS["fast" if name == "papa" else "epapa"], seed=seed, queries_per_step=k))
+    if name in ("papa", "epapa", "epapa-mixed"):
+        preset = "fast" if name == "papa" else name
+        return PAPA(unet, replace(PRESETS[preset], seed=seed, queries_per_step=k))
     if name == "ddpo":
         return DDPO(unet, DDPOConfig(seed=seed, queries_per_step=k))
     if name == "d3po":
@@ -192,24 +199,63 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
     return result
 
 
+def load_reused(a: argparse.Namespace) -> dict[tuple[str, int], dict]:
+    """The sessions of ``a.reuse`` (an earlier comparison's ``results.jsonl``) with seed < ``a.seeds``, by (agent, seed).
+
+    Each must have been run with this comparison's budget and evaluation schedule (checked on its reply counts);
+    that it saw the same env and evaluation samples is the caller's word (the tag of the folder it came from).
+    """
+    path = Path(a.reuse)
+    if not path.is_file():
+        raise SystemExit(f"--reuse expects an earlier comparison's results.jsonl; {path} is not a file")
+    learner_schedule = list(range(0, a.budget + 1, a.eval_every))
+    if learner_schedule[-1] != a.budget:
+        learner_schedule.append(a.budget)
+    reused = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        r = json.loads(line)
+        if r["agent"] not in ALL:
+            raise SystemExit(f"{path}:{line_no}: unknown agent {r['agent']!r}; expected from {ALL}")
+        schedule = [rec["replies"] for rec in r["records"]]
+        expected = [0, a.budget] if r["agent"] in REFERENCES else learner_schedule
+        if schedule != expected:
+            raise SystemExit(
+                f"{path}:{line_no}: {r['agent']} seed {r['seed']} was evaluated at replies {schedule}, this "
+                f"comparison (--budget {a.budget}, --eval-every {a.eval_every}) evaluates at {expected}"
+            )
+        if r["seed"] < a.seeds:
+            reused[(r["agent"], r["seed"])] = r
+    return reused
+
+
 def run_all(a: argparse.Namespace) -> list[dict]:
-    """Every (agent, seed) session, in ``a.workers`` processes (each with its share of the CPU threads)."""
+    """Every (agent, seed) session, in ``a.workers`` processes (each with its share of the CPU threads).
+
+    With ``a.reuse``, the sessions found there are read back instead of run, and their agents join the comparison;
+    the results then come in ``ALL``'s agent order.
+    """
     agents = a.agents.split(",")
     unknown = [x for x in agents if x not in ALL]
     if unknown:
         raise SystemExit(f"unknown agents {unknown}; expected from {ALL}")
+    reused = load_reused(a) if getattr(a, "reuse", None) else {}
+    if reused:
+        agents = sorted(set(agents) | {name for name, _ in reused}, key=ALL.index)
     jobs = [(name, seed) for name in agents for seed in range(a.seeds)]
+    todo = [job for job in jobs if job not in reused]
     workers = max(1, int(getattr(a, "workers", 1)))
     if workers == 1:
-        return [run_one(a, name, seed) for name, seed in jobs]
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+        done = {job: run_one(a, *job) for job in todo}
+    else:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, a, name, seed, threads) for name, seed in jobs]
-        return [f.result() for f in futures]  # in job order, whatever order they finish in
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {job: pool.submit(run_one, a, *job, threads) for job in todo}
+            done = {job: f.result() for job, f in futures.items()}
+    return [reused[job] if job in reused else done[job] for job in jobs]  # in job order, whatever order they ran
 
 
 def _t95(n: int) -> float:
@@ -274,7 +320,7 @@ def _end_values(results: list[dict], name: str) -> np.ndarray:
     return np.array([r["records"][-1][_like_key(runs)] for r in runs], dtype=float)
 
 
-def welch_tests(results: list[dict], against: tuple[str, ...] = ("papa", "epapa")) -> list[dict]:
+def welch_tests(results: list[dict], against: tuple[str, ...] = ("papa", "epapa", "epapa-mixed")) -> list[dict]:
     """Each agent of ``against`` vs every other agent at the end of the budget: Welch's two-sided t-test over seeds.
 
     Rows: ``agent``, ``vs``, the difference of mean like-rates, its 95% CI (Welch-Satterthwaite dof), t and p.
@@ -380,8 +426,12 @@ def final_sampler(a: argparse.Namespace, root: Path, name: str):
     return agent
 
 
-def final_grid(a: argparse.Namespace, root: Path) -> None:
-    """``final_samples.png``: a labelled row of 10 final samples per agent (seed 0), each sampled its own way."""
+def final_grid(a: argparse.Namespace, root: Path, names: list[str]) -> None:
+    """``final_samples.png``: a labelled row of 10 final samples per agent (seed 0), each sampled its own way.
+
+    Only agents whose seed-0 session folder is under ``root`` (and the references, which need none) get a row: a
+    session read back from ``--reuse`` left no weights here to sample from.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +439,12 @@ def final_grid(a: argparse.Namespace, root: Path) -> None:
 
     from papa_env.viz import grid_array
 
-    names = a.agents.split(",")
+    missing = [n for n in names if n not in REFERENCES and not (root / f"{n}-s0" / "result.json").exists()]
+    if missing:
+        print(f"final_samples.png: no seed-0 session folder here for {missing} (reused), so no row for them")
+    names = [n for n in names if n not in missing]
+    if not names:
+        return
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.8 * len(names) + 0.3), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         images = final_sampler(a, root, name).generate(10, torch.Generator().manual_seed(0))
@@ -415,6 +470,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="1 seed, 20 replies, 50-sample evaluations every 10")
     p.add_argument("--out", default="runs/benchmarks/compare")
     p.add_argument(
+        "--reuse",
+        metavar="RESULTS_JSONL",
+        help="an earlier comparison's results.jsonl (same env, budget, evaluations): its sessions are read back, "
+        "not rerun, and its agents join this comparison",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, help="sessions run side by side, each in its own process (CPU threads split)"
     )
     a = p.parse_args(argv)
@@ -428,7 +489,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = Path(a.out) / a.tag
     results = run_all(a)
     rows = write_outputs(results, root, a.tag)
-    final_grid(a, root)
+    final_grid(a, root, list(dict.fromkeys(r["agent"] for r in results)))
     print((root / "table.md").read_text())
     if (root / "welch.md").exists():
         print((root / "welch.md").read_text())

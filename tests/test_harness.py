@@ -71,6 +71,27 @@ def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path) -> No
 
 
 @pytest.mark.slow
+def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path) -> None:
+    args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
+    earlier = run.main([*args, "--agents", "epapa,base", "--out", str(tmp_path / "a")])
+    reuse = str(tmp_path / "a" / "PAPA-MNIST-v0-quick" / "results.jsonl")
+    rows = run.main([*args, "--agents", "epapa-mixed", "--reuse", reuse, "--out", str(tmp_path / "b")])
+    assert [r["agent"] for r in rows] == ["epapa", "epapa-mixed", "base"]  # ALL's order, the new one in place
+    assert rows[0] == earlier[0] and rows[2] == earlier[1]  # read back, figure for figure
+    root = tmp_path / "b" / "PAPA-MNIST-v0-quick"
+    assert not (root / "epapa-s0").exists()  # not rerun: no reply spent on it
+    assert json.loads((root / "epapa-mixed-s1" / "config.json").read_text())["agent_config"]["base_queries"] == 5
+    assert len((root / "results.jsonl").read_text().splitlines()) == 6
+    assert (root / "final_samples.png").exists()  # epapa-mixed and base: the rows it can draw
+    welch = (root / "welch.md").read_text()
+    assert "| epapa-mixed | epapa |" in welch and "| epapa | epapa-mixed |" in welch
+    with pytest.raises(SystemExit, match=r"evaluated at replies \[0, 10\].*evaluates at \[0, 5, 10\]"):
+        run.main([*args, "--eval-every", "5", "--agents", "base", "--reuse", reuse, "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="results.jsonl"):
+        run.main([*args, "--agents", "base", "--reuse", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c")])
+
+
+@pytest.mark.slow
 def test_papa_goals_script_runs_and_summarizes(tmp_path) -> None:
     from benchmarks import papa_goals
 
