@@ -200,7 +200,7 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
 
 
 def load_reused(a: argparse.Namespace) -> dict[tuple[str, int], dict]:
-    """The sessions of ``a.reuse`` (an earlier comparison's ``results.jsonl``) with seed < ``a.seeds``, by (agent, seed).
+    """Sessions of ``a.reuse`` (an earlier comparison's ``results.jsonl``) with seed < ``a.seeds``, by (agent, seed).
 
     Each must have been run with this comparison's budget and evaluation schedule (checked on its reply counts);
     that it saw the same env and evaluation samples is the caller's word (the tag of the folder it came from).
