@@ -96,6 +96,10 @@ class PAPAConfig:
     up: 0 at the first update, n / (9 + n) at the n-th, capped at this value): Polyak averaging damps the update
     noise that makes the liked classes' shares wander. The latest weights are still the ones trained (None: sample
     from the latest weights, as the authors)"""
+    ema_start: int | None = None
+    """with ``ema_decay``: average only the weights after this many optimizer updates (diffusers'
+    ``update_after_step``: until then the average is the latest weights), at the full decay from then on, no warm-up
+    — a tail average of the session's last updates (None: from the first update, with the warm-up)"""
     dislike_margin: float | None = None
     """bound the dislike term: stop raising a disliked query's denoising error once it exceeds the base
     model's by this fraction (None: unbounded, as the authors)"""
@@ -299,6 +303,8 @@ class PAPA(Agent):
             )
         if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {config.ema_decay}")
+        if config.ema_start is not None and (config.ema_decay is None or config.ema_start < 0):
+            raise ValueError(f"ema_start must be None, or >= 0 with ema_decay set, got {config.ema_start}")
         if config.lr_half_life is not None and config.lr_half_life < 1:
             raise ValueError(f"lr_half_life must be >= 1 or None, got {config.lr_half_life}")
         if config.timesteps_per_image is not None and config.timesteps_per_image < 1:
@@ -310,7 +316,15 @@ class PAPA(Agent):
         self.ema: EMAModel | None = None
         self.sampled = self.unet  # the weights queries are drawn from: the latest, or their moving average
         if config.ema_decay is not None:
-            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay)
+            if config.ema_start is None:  # from the first update, decay warming up to ema_decay
+                self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay)
+            else:  # a copy of the latest weights for ema_start + 1 updates, then ema_decay itself
+                self.ema = EMAModel(
+                    self.unet.parameters(),
+                    decay=config.ema_decay,
+                    min_decay=config.ema_decay,
+                    update_after_step=config.ema_start,
+                )
             self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)

@@ -392,6 +392,23 @@ def test_ema_samples_from_the_moving_average_of_the_trained_weights_and_survives
     assert latest.model() is latest.sampled is latest.unet is latest.policy
 
 
+def test_ema_start_averages_only_the_tail_at_the_full_decay(tiny_unet) -> None:
+    agent = _agent(tiny_unet, ema_decay=0.5, ema_start=1, updates_per_interaction=1, k=300)
+    q = agent.propose(torch.Generator().manual_seed(0))
+    replies = np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1])
+
+    def weights(module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in module.parameters()]
+
+    for _ in range(2):  # updates 1 and 2: diffusers' update_after_step = 1 -> decay 0, the latest weights
+        agent.learn(q, replies)
+        assert all(torch.equal(a, b) for a, b in zip(weights(agent.sampled), weights(agent.unet)))
+    w2 = weights(agent.unet)
+    agent.learn(q, replies)  # update 3: the full decay 0.5 at once (no warm-up, which would give 2 / 11)
+    expected = [0.5 * a + 0.5 * b for a, b in zip(w2, weights(agent.unet))]
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(weights(agent.sampled), expected))
+
+
 def test_reply_weight_scales_the_reply_term_while_the_anchor_follows_the_sign() -> None:
     cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009)
     x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
@@ -442,6 +459,8 @@ def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_whe
         {"reply_baseline_max": 0.5},
         {"ema_decay": 1.0},
         {"ema_decay": 0.0},
+        {"ema_start": 5},
+        {"ema_decay": 0.9, "ema_start": -1},
         {"reply_baseline": 10, "reply_baseline_max": 1.5},
         {"reply_baseline": 10, "reply_baseline_max": -1.0},
     ],
