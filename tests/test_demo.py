@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,8 +20,10 @@ def test_demo_runs_a_short_session_and_writes_its_files(tmp_path, capsys) -> Non
         "model.safetensors",
     ):
         assert (tmp_path / "demo" / name).exists(), name
+    config = json.loads((tmp_path / "demo" / "config.json").read_text())["agent_config"]
+    assert config["k"] == 300 and config["base_queries"] == 5  # the default: the epapa-mixed preset
     out = capsys.readouterr().out
-    assert "like-rate (judge)" in out and "max class share" in out
+    assert "epapa-mixed preset" in out and "like-rate (judge)" in out and "max class share" in out
 
 
 def test_readme_plug_in_example_runs() -> None:
