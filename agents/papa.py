@@ -139,6 +139,11 @@ PRESETS["epapa-baseline"] = replace(PRESETS["epapa"], replay=54, timesteps_per_i
 # to 0.6, spending the like-rate the base queries add on balance. Same update compute (128 rows per interaction).
 # 5 seeds, 1,000-sample evaluations: see README ("Queries from the base model").
 PRESETS["epapa-mixed"] = replace(PRESETS["epapa-baseline"], base_queries=5, model_coef=0.6)
+# `epapa-mixed` whose queries and samples come, after the first 30 updates (150 replies at 2 updates per
+# interaction), from a moving average of the weights at decay 0.95 (~ the last 20 updates): the liked classes'
+# shares wander from update to update, and the tail average damps that walk. Same update compute.
+# 10 seeds, 1,000-sample evaluations: see README ("A tail average").
+PRESETS["epapa-mixed-avg"] = replace(PRESETS["epapa-mixed"], ema_decay=0.95, ema_start=30)
 
 
 # ALGO LOGIC: the loss --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at th
 ``--reuse FILE`` reads the sessions of an earlier comparison's ``results.jsonl`` (same env, budget and
 evaluations: its reply schedule is checked) instead of running them, and adds its agents to this comparison; the
 samples grid then shows only the agents whose seed-0 session folder is here (and the references).
-``epapa`` and ``epapa-mixed`` are the PAPA presets of those names, ``papa`` is the ``fast`` preset.
+``epapa``, ``epapa-mixed`` and ``epapa-mixed-avg`` are the PAPA presets of those names, ``papa`` is ``fast``.
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
 do not learn, so they ask the user nothing: one evaluation, reported at the start and at the end of the budget.
 """
@@ -39,7 +39,8 @@ import papa_env  # noqa: F401
 from papa_env.models import load_pretrained
 from papa_env.session import Evaluator, collapse_report, run_session
 
-LEARNERS = ("papa", "epapa", "epapa-mixed", "ddpo", "d3po", "reward-model")
+PAPA_AGENTS = ("papa", "epapa", "epapa-mixed", "epapa-mixed-avg")  # papa: the `fast` preset; the others by name
+LEARNERS = (*PAPA_AGENTS, "ddpo", "d3po", "reward-model")
 SB3 = ("sb3-ppo", "sb3-sac")
 REFERENCES = ("base", "oracle-best-of-n")
 ALL = LEARNERS + SB3 + REFERENCES
@@ -55,7 +56,7 @@ def make_agent(name: str, unet: torch.nn.Module, env, seed: int, queries_per_ste
     from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
 
     k = queries_per_step
-    if name in ("papa", "epapa", "epapa-mixed"):
+    if name in PAPA_AGENTS:
         preset = "fast" if name == "papa" else name
         return PAPA(unet, replace(PRESETS[preset], seed=seed, queries_per_step=k))
     if name == "ddpo":
@@ -320,7 +321,7 @@ def _end_values(results: list[dict], name: str) -> np.ndarray:
     return np.array([r["records"][-1][_like_key(runs)] for r in runs], dtype=float)
 
 
-def welch_tests(results: list[dict], against: tuple[str, ...] = ("papa", "epapa", "epapa-mixed")) -> list[dict]:
+def welch_tests(results: list[dict], against: tuple[str, ...] = PAPA_AGENTS) -> list[dict]:
     """Each agent of ``against`` vs every other agent at the end of the budget: Welch's two-sided t-test over seeds.
 
     Rows: ``agent``, ``vs``, the difference of mean like-rates, its 95% CI (Welch-Satterthwaite dof), t and p.
