@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: what `make demo` runs (EPAPA aligns the MNIST model)")
     d.add_argument("--out", default="runs/demo", help="run folder (an existing run there is resumed)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="epapa-mixed", help="a papa_env.agents.papa.PRESETS name")
+    d.add_argument("--preset", default="epapa-mixed-avg", help="a papa_env.agents.papa.PRESETS name")
     d.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
     return p
 

@@ -1,9 +1,9 @@
 """``papa demo``: the main job (what ``make demo`` runs).
 
-Aligns the shipped MNIST base model to the default user of ``PAPA-MNIST-v0`` (likes digits 1, 4, 7, 9)
-with EPAPA (the ``epapa-mixed`` preset: half of each interaction's queries from the frozen base model) over the
-300-reply budget on the CPU, then prints a before / after table. The run folder
-(``runs/demo`` by default) holds every reply, the sample grids, the like-rate curve and the final weights;
+Aligns the shipped MNIST base model to the default user of ``PAPA-MNIST-v0`` (likes digits 1, 4, 7, 9) with EPAPA
+(the ``epapa-mixed-avg`` preset: half of each interaction's queries from the frozen base model, samples from a tail
+average of the tuned weights) over the 300-reply budget on the CPU, then prints a before / after table. The run
+folder (``runs/demo`` by default) holds every reply, the sample grids, the like-rate curve and the final weights;
 rerunning the command resumes it (and a finished run just reprints its table).
 """
 
@@ -18,7 +18,7 @@ import gymnasium as gym
 def run_demo(
     out: str | Path = "runs/demo",
     seed: int = 0,
-    preset: str = "epapa-mixed",
+    preset: str = "epapa-mixed-avg",
     budget: int = 300,
     eval_samples: int = 200,
 ) -> list[dict]:
