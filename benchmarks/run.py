@@ -214,7 +214,11 @@ def load_reused(a: argparse.Namespace) -> dict[tuple[str, int], dict]:
         learner_schedule.append(a.budget)
     reused = {}
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+            r["agent"], r["seed"], r["records"]  # noqa: B018  (a session line has all three)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path}:{line_no}: not a session line of a results.jsonl ({e!r})") from None
         if r["agent"] not in ALL:
             raise SystemExit(f"{path}:{line_no}: unknown agent {r['agent']!r}; expected from {ALL}")
         schedule = [rec["replies"] for rec in r["records"]]

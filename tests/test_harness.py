@@ -89,6 +89,11 @@ def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_p
         run.main([*args, "--eval-every", "5", "--agents", "base", "--reuse", reuse, "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="results.jsonl"):
         run.main([*args, "--agents", "base", "--reuse", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c")])
+    garbled = tmp_path / "garbled.jsonl"
+    garbled.write_text(reuse_text := open(reuse).read().splitlines()[0] + "\n{not json\n")
+    with pytest.raises(SystemExit, match="garbled.jsonl:2: not a session line"):
+        run.main([*args, "--agents", "base", "--reuse", str(garbled), "--out", str(tmp_path / "c")])
+    assert open(reuse).read().startswith(reuse_text.splitlines()[0])  # the earlier file is only read
 
 
 @pytest.mark.slow
