@@ -29,7 +29,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from papa_env.agents.base import Agent
 
-from papa_env.diffusion import SwitchedUNet, elbo_weights, sample
+from papa_env.diffusion import SwitchedUNet, elbo_weights, sample, sample_many
 from papa_env.models import SCHEDULER_CONFIG, make_scheduler
 
 T = SCHEDULER_CONFIG["num_train_timesteps"]
@@ -344,9 +344,19 @@ class PAPA(Agent):
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         k, n_base = self.cfg.queries_per_step, self.cfg.base_queries
-        parts = [self.generate(k - n_base, generator)] if n_base < k else []
-        if n_base:  # then the base model's, from the same generator stream
-            parts.append(self._sample(self.base, n_base, generator))
+        if not 0 < n_base < k:
+            return self._sample(self.base if n_base else self.policy, k, generator).numpy()
+        # the tuned model's queries, then the base model's, from one generator stream; the two models run
+        # side by side (the same images as one call after the other: papa_env.diffusion.sample_many)
+        cfg = self.cfg
+        parts = sample_many(
+            [self.policy, self.base],
+            [k - n_base, n_base],
+            sampler=cfg.sampler,
+            num_steps=cfg.num_sampling_steps,
+            eta=cfg.eta,
+            generator=generator,
+        )
         return torch.cat(parts).numpy()
 
     def _sample(self, unet: torch.nn.Module, n: int, generator: torch.Generator) -> torch.Tensor:

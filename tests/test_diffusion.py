@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDPMPipeline
 
-from papa_env.diffusion import make_sampling_scheduler, sample
+from papa_env.diffusion import make_sampling_scheduler, sample, sample_many
 from papa_env.models import SCHEDULER_CONFIG, make_scheduler
 
 
@@ -65,6 +67,75 @@ def test_bad_sampler_arguments(tiny_unet, kwargs, match) -> None:
         sample(tiny_unet, 1, **kwargs)
     with pytest.raises(ValueError, match="n must be"):
         sample(tiny_unet, 0)
+
+
+@pytest.fixture
+def two_unets(tiny_unet):
+    other = copy.deepcopy(tiny_unet)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.05)
+    return tiny_unet, other
+
+
+@pytest.fixture
+def threads():
+    """Restores torch's intra-op thread count after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _sequential(unets, counts, seed: int, **kw) -> tuple[list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [sample(u, n, generator=g, **kw) for u, n in zip(unets, counts)], g.get_state()
+
+
+def test_sample_many_at_one_thread_is_the_sequential_calls_bit_for_bit(two_unets, threads) -> None:
+    torch.set_num_threads(1)
+    ref, ref_state = _sequential(two_unets, [3, 2], 7, num_steps=6)
+    g = torch.Generator().manual_seed(7)
+    ours = sample_many(two_unets, [3, 2], num_steps=6, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref)) and torch.equal(g.get_state(), ref_state)
+
+
+def test_sample_many_runs_the_models_side_by_side_with_the_same_images(two_unets, threads, monkeypatch) -> None:
+    import threading
+
+    import papa_env.diffusion as diffusion
+
+    torch.set_num_threads(2)
+    seen: set[str] = set()
+    denoise = diffusion._denoise
+
+    def spy(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "_denoise", spy)
+    monkeypatch.setattr(diffusion, "_BATCH", 2)  # several batches per stream: drawn in sample()'s order
+    two_unets[1].train()
+    ref, ref_state = _sequential(two_unets, [3, 5], 1, num_steps=5, batch_size=2)
+    seen.clear()
+    g = torch.Generator().manual_seed(1)
+    ours = sample_many(two_unets, [3, 5], num_steps=5, generator=g)
+    assert len(seen) == 2 and all(name.startswith("papa-sample") for name in seen)  # two worker threads
+    assert [tuple(x.shape) for x in ours] == [(3, 1, 28, 28), (5, 1, 28, 28)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ours, ref))  # rounding of 1 thread vs 2
+    assert torch.equal(g.get_state(), ref_state)  # the generator is where the sequential calls leave it
+    assert torch.get_num_threads() == 2 and two_unets[1].training and not two_unets[0].training
+
+
+def test_sample_many_falls_back_to_the_sequential_calls(two_unets, threads) -> None:
+    torch.set_num_threads(2)
+    for kw in (dict(sampler="ddpm", num_steps=4), dict(sampler="ddim", num_steps=4, eta=0.0)):
+        ref, _ = _sequential(two_unets, [2, 2], 3, **kw)  # DDPM draws its own noise; DDIM eta 0 draws none
+        ours = sample_many(two_unets, [2, 2], generator=torch.Generator().manual_seed(3), **kw)
+        assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+    with pytest.raises(ValueError, match="2 models but 1 counts"):
+        sample_many(two_unets, [2])
+    with pytest.raises(ValueError, match="every count must be >= 1"):
+        sample_many(two_unets, [2, 0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -507,7 +507,8 @@ def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     g = torch.Generator().manual_seed(0)
     tuned = sample(agent.unet, 7, num_steps=steps, generator=g)  # the first 7 from the tuned model,
     base = sample(agent.base, 3, num_steps=steps, generator=g)  # then 3 from the base, one generator stream
-    assert q.shape == (10, 1, 28, 28) and np.allclose(q, torch.cat([tuned, base]).numpy())
+    # the two models run side by side (sample_many): the same images up to the float rounding of fewer threads
+    assert q.shape == (10, 1, 28, 28) and np.allclose(q, torch.cat([tuned, base]).numpy(), atol=1e-4)
     g = torch.Generator().manual_seed(0)
     sample(agent.unet, 7, num_steps=steps, generator=g)
     assert not np.allclose(q[7:], sample(agent.unet, 3, num_steps=steps, generator=g).numpy())  # not the tuned's

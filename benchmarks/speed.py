@@ -1,0 +1,183 @@
+"""Seconds per interaction of a fast preset against the authors' recipe, interleaved in one process.
+
+    python -m benchmarks.speed                                   # epapa-mixed-avg vs faithful, 30 vs 3 interactions
+    python -m benchmarks.speed --preset fast --reference faithful --reference-interactions 2
+
+The issue's speed goal: the fast default and `faithful` timed in the same run on the same model, their ratio
+>= 50x. On a shared 2-core VM the machine's speed drifts by tens of percent within minutes (here `faithful`
+took 55 s per interaction at one hour and 95 s the next), so timing one after the other measures the drift
+as much as the code. This script alternates them: one `faithful` interaction, then a block of the fast
+preset's interactions, and so on — each block's ratio is taken against the `faithful` interaction next to it,
+and the script reports the overall ratio (sum over sum) with the spread of the per-block ratios.
+
+An interaction is what ``run_session`` times: the agent's ``propose`` (sampling the 10 queries) + its
+``learn`` (the update), not the env step or persistence. Both sessions are real: the simulated user replies,
+the agents learn, and each agent's judge like-rate is measured at the end on fresh samples (no budget spent).
+Writes ``<out>`` (JSON) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
+
+import gymnasium as gym
+import numpy as np
+import papa_env.agents.papa as papa_module
+import torch
+from papa_env.agents.papa import PAPA, PRESETS
+
+import papa_env  # noqa: F401  (registers the ids)
+from papa_env.diffusion import sample
+from papa_env.models import load_pretrained
+from papa_env.session import Evaluator
+
+
+def _one_after_the_other(unets, counts, **kw):
+    """``sample_many`` without running the models side by side (what ``PAPA.propose`` did before it)."""
+    return [sample(u, n, **kw) for u, n in zip(unets, counts)]
+
+
+class _Session:
+    """One agent against one env, stepped an interaction at a time, each interaction timed.
+
+    ``sequential_sampling``: the agent's base-model and tuned queries are drawn one model after the other
+    instead of side by side (:func:`papa_env.diffusion.sample_many`): the same session, the old sampler.
+    """
+
+    def __init__(self, env_id: str, preset: str, seed: int, sequential_sampling: bool = False) -> None:
+        self.env = gym.make(env_id)
+        self.env.reset(seed=seed)
+        self.agent = PAPA(load_pretrained(self.env.unwrapped.base_model), replace(PRESETS[preset], seed=seed))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.preset = preset
+        self.sequential_sampling = sequential_sampling
+        self.label = preset + (" (models one after the other)" if sequential_sampling else "")
+        self.sample_s: list[float] = []
+        self.learn_s: list[float] = []
+
+    def interact(self) -> float:
+        t0 = time.perf_counter()
+        if self.sequential_sampling:
+            with mock.patch.object(papa_module, "sample_many", _one_after_the_other):
+                queries = self.agent.propose(self.gen)
+        else:
+            queries = self.agent.propose(self.gen)
+        t1 = time.perf_counter()
+        _, _, _, _, info = self.env.step(queries)
+        t2 = time.perf_counter()
+        self.agent.learn(queries, np.asarray(info["replies"], dtype=np.int8))
+        t3 = time.perf_counter()
+        self.sample_s.append(t1 - t0)
+        self.learn_s.append(t3 - t2)
+        return (t1 - t0) + (t3 - t2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="PAPA-MNIST-v0")
+    p.add_argument("--preset", default="epapa-mixed-avg", help=f"the fast preset, from {sorted(PRESETS)}")
+    p.add_argument("--reference", default="faithful", help="the slow preset it is compared with")
+    p.add_argument("--interactions", type=int, default=30, help="interactions of the fast preset (300 replies)")
+    p.add_argument("--reference-interactions", type=int, default=3, help="interactions of the reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=100, help="fresh samples for each agent's like-rate")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--sequential-too",
+        action="store_true",
+        help="also time the fast preset with its two models sampled one after the other (the sampler before "
+        "sample_many), interleaved with the others",
+    )
+    p.add_argument("--out", default="runs/benchmarks/speed.json")
+    a = p.parse_args(argv)
+    for name in (a.preset, a.reference):
+        if name not in PRESETS:
+            raise SystemExit(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    if a.interactions < a.reference_interactions or a.reference_interactions < 1:
+        raise SystemExit("need --interactions >= --reference-interactions >= 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    slow, fast = _Session(a.env, a.reference, a.seed), _Session(a.env, a.preset, a.seed)
+    sessions = [slow, fast] + (
+        [_Session(a.env, a.preset, a.seed, sequential_sampling=True)] if a.sequential_too else []
+    )
+    blocks = np.array_split(np.arange(a.interactions), a.reference_interactions)
+    rows = []
+    for i, block in enumerate(blocks):
+        row = {"block": i, "interactions": len(block), slow.label: slow.interact()}
+        for s in sessions[1:]:
+            row[s.label] = float(np.mean([s.interact() for _ in block]))
+        rows.append(row)
+        print(
+            f"block {i}: "
+            + " | ".join(f"{s.label} {row[s.label]:.2f} s" for s in sessions)
+            + f" | ratio {row[slow.label] / row[fast.label]:.1f}x",
+            flush=True,
+        )
+    evaluator = Evaluator(fast.env, n=a.eval_samples)
+    like, per = {}, {}
+    for s in sessions:
+        metrics, _ = evaluator(s.agent)
+        like[s.label] = {
+            "replies": len(s.learn_s) * s.env.unwrapped.queries_per_step,
+            "judge_like_rate": metrics.get("eval/like_rate_judge"),
+            "user_like_rate": metrics["eval/like_rate_oracle"],
+        }
+        per[s.label] = float(np.mean(s.sample_s) + np.mean(s.learn_s))
+    block_ratios = [r[slow.label] / r[fast.label] for r in rows]
+    result = {
+        "args": vars(a),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu_name(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "seconds_per_interaction": per,
+        "seconds_sample": {s.label: float(np.mean(s.sample_s)) for s in sessions},
+        "seconds_learn": {s.label: float(np.mean(s.learn_s)) for s in sessions},
+        "ratio": per[slow.label] / per[fast.label],
+        "ratios": {s.label: per[slow.label] / per[s.label] for s in sessions[1:]},
+        "block_ratios": block_ratios,
+        "blocks": rows,
+        "like_rate": like,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n{a.env}, {result['machine']['processor']}, {result['machine']['threads']} threads")
+    print(
+        f"| preset | interactions | s / interaction (sample + update) | speed-up over `{a.reference}` |"
+        " judge like-rate |"
+    )
+    print("|---|---|---|---|---|")
+    for s in sessions:
+        lr = like[s.label]
+        print(
+            f"| `{s.preset}`{s.label[len(s.preset) :]} | {len(s.learn_s)} | {per[s.label]:.2f}"
+            f" ({np.mean(s.sample_s):.2f} + {np.mean(s.learn_s):.2f}) | {per[slow.label] / per[s.label]:.1f}x |"
+            f" {lr['judge_like_rate']:.3f} after {lr['replies']} replies |"
+        )
+    print(f"ratio {result['ratio']:.1f}x (per block: {', '.join(f'{r:.1f}' for r in block_ratios)}); written to {out}")
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
