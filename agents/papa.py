@@ -66,6 +66,13 @@ class PAPAConfig:
     """of the K queries, this many are drawn from the frozen base model instead of the tuned one: their likes
     spread over the liked classes as the base draws them, not as the tuned model has come to favour them
     (0: all K from the tuned model, as the authors)"""
+    tuned_like_weight: float = 1.0
+    """weight of the reply term of a like on a query the tuned model drew, where a like on a base-model query
+    (``base_queries``) weighs 1. A like is evidence for the liked image whoever drew it, but the tuned model's
+    likes arrive in the proportions it already favours, and learning from them makes the favoured liked mode
+    richer still; at 0 only the base model's likes pull, and the liked term's target is the base model
+    restricted to liked images (the base's proportions). Dislikes, the anchor and the reply baseline are
+    unchanged (1: every like alike, as the authors)"""
     sampler: Literal["ddim", "ddpm"] = "ddim"
     """sampler of queries and evaluation samples"""
     num_sampling_steps: int = 20
@@ -290,6 +297,10 @@ class PAPA(Agent):
             raise ValueError(f"replay and dislike_margin must be >= 0, got {config.replay}, {config.dislike_margin}")
         if not 0 <= config.base_queries <= config.queries_per_step:
             raise ValueError(f"base_queries must be in [0, queries_per_step], got {config.base_queries}")
+        if not 0.0 <= config.tuned_like_weight <= 1.0:
+            raise ValueError(f"tuned_like_weight must be in [0, 1], got {config.tuned_like_weight}")
+        if config.tuned_like_weight == 0 and config.base_queries == 0:
+            raise ValueError("tuned_like_weight=0 needs base_queries > 0: otherwise no like would ever teach anything")
         if config.timestep_sampling not in ("uniform", "elbo"):
             raise ValueError(f"timestep_sampling must be 'uniform' or 'elbo', got {config.timestep_sampling!r}")
         if config.reply_baseline is not None and config.reply_baseline < 1:
@@ -338,6 +349,7 @@ class PAPA(Agent):
         self.replies_seen = 0  # replies given to learn() so far, skips included (the lr schedule's clock)
         self.buffer_x = torch.zeros(0)  # every reply so far that has a sign (skips are dropped)
         self.buffer_y = torch.zeros(0)
+        self.buffer_from_base = torch.zeros(0, dtype=torch.bool)  # which of them answered a base-model query
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self._sample(self.policy, n, generator)
@@ -373,14 +385,20 @@ class PAPA(Agent):
         baseline = self._baseline(y)
         if baseline is not None:
             stats["charts/reply_baseline"] = baseline
+        from_base = torch.zeros(len(y), dtype=torch.bool)  # propose() puts the base model's queries last
+        if self.cfg.base_queries:
+            from_base[len(y) - min(self.cfg.base_queries, len(y)) :] = True
         self.unet.train()
-        for xb, yb in self._batches(x0, y):
+        for xb, yb, bb in self._batches(x0, y, from_base):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
             timesteps, scale = draw_timesteps(len(xb), self.cfg, self.generator)
             noise = torch.randn(xb.shape, generator=self.generator)
             self.opt.zero_grad(set_to_none=True)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
+            if self.cfg.tuned_like_weight != 1.0:
+                tuned_like = (yb > 0) & ~bb
+                weight = (yb if weight is None else weight) * torch.where(tuned_like, self.cfg.tuned_like_weight, 1.0)
             out = papa_loss(
                 self.unet, self.base, xb, yb, timesteps, noise, scale, self.cfg, backward=True, reply_weight=weight
             )
@@ -400,6 +418,7 @@ class PAPA(Agent):
         keep = y != 0
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
         self.buffer_y = torch.cat([self.buffer_y, y[keep]])
+        self.buffer_from_base = torch.cat([self.buffer_from_base, from_base[keep]])
         return stats
 
     def _baseline(self, y: torch.Tensor) -> float | None:
@@ -422,25 +441,27 @@ class PAPA(Agent):
             group["lr"] = lr
         return lr
 
-    def _batches(self, x0: torch.Tensor, y: torch.Tensor):
-        """The optimizer steps of one interaction: (queries, reply signs) per step.
+    def _batches(self, x0: torch.Tensor, y: torch.Tensor, from_base: torch.Tensor):
+        """The optimizer steps of one interaction: (queries, reply signs, drawn by the base model?) per step.
 
         The authors': one pass over the K queries in batches of ``batch_size``. With ``updates_per_interaction``
         every step takes all K new queries; with ``replay`` each step adds that many earlier replies.
         """
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
-                yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
+                end = start + self.cfg.batch_size
+                yield x0[start:end], y[start:end], from_base[start:end]
             return
         for _ in range(self.cfg.updates_per_interaction or 1):
-            xb, yb = x0, y
+            xb, yb, bb = x0, y, from_base
             if self.cfg.replay and len(self.buffer_y):
                 if self.cfg.replay_balance is not None:
                     idx = torch.multinomial(self._replay_probs(), self.cfg.replay, True, generator=self.generator)
                 else:
                     idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
                 xb, yb = torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
-            yield xb, yb
+                bb = torch.cat([from_base, self.buffer_from_base[idx]])
+            yield xb, yb, bb
 
     def _replay_probs(self) -> torch.Tensor:
         """Replay probabilities of the buffer: each sign keeps its share of the buffer, and within a sign a
@@ -476,6 +497,7 @@ class PAPA(Agent):
             "config": asdict(self.cfg),
             "buffer_x": self.buffer_x.clone(),
             "buffer_y": self.buffer_y.clone(),
+            "buffer_from_base": self.buffer_from_base.clone(),
             **({"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}),
         }
 
@@ -487,6 +509,8 @@ class PAPA(Agent):
         # read only by the lr schedule, which checkpoints written before it existed never used
         self.replies_seen = state.get("replies_seen", len(state["buffer_y"]))
         self.buffer_x, self.buffer_y = state["buffer_x"], state["buffer_y"]
+        # checkpoints written before provenance was kept: read only by tuned_like_weight, which they never set
+        self.buffer_from_base = state.get("buffer_from_base", torch.zeros(len(self.buffer_y), dtype=torch.bool))
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

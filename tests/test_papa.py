@@ -328,8 +328,8 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     q = agent.propose(torch.Generator().manual_seed(0))
     agent.learn(q, np.array([1, -1, 0, 1, 1, -1, -1, 0, 1, 1]))
     assert agent.updates == 3 and len(agent.buffer_y) == 8  # skips are not kept
-    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10)))
-    assert len(batches) == 3 and all(len(xb) == 14 for xb, _ in batches)  # 10 new + 4 replayed
+    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10), torch.zeros(10, dtype=torch.bool)))
+    assert len(batches) == 3 and all(len(xb) == len(bb) == 14 for xb, _, bb in batches)  # 10 new + 4 replayed
     state = agent.state_dict()
     other = _agent(tiny_unet, updates_per_interaction=3, replay=4)
     other.load_state_dict(state)
@@ -518,3 +518,32 @@ def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     assert np.allclose(only_base, expected.numpy())
     with pytest.raises(ValueError, match="base_queries"):
         PAPA(tiny_unet, PAPAConfig(base_queries=11))
+
+
+def test_tuned_like_weight_mutes_likes_on_the_tuned_models_own_queries(tiny_unet) -> None:
+    def stats(weight: float, replies: list[int], **kw) -> tuple[PAPA, dict]:
+        agent = _agent(tiny_unet, base_queries=3, tuned_like_weight=weight, model_coef=0.5, **kw)
+        q = agent.propose(torch.Generator().manual_seed(0))
+        return agent, agent.learn(q, np.array(replies))
+
+    tuned_likes = [1] * 7 + [0] * 3  # the 7 tuned queries liked, the 3 base queries (last) skipped
+    _, muted = stats(0.0, tuned_likes)
+    _, full = stats(1.0, tuned_likes)
+    _, half = stats(0.5, tuned_likes)
+    assert muted["losses/pref"] == 0.0 and muted["losses/model"] > 0  # the anchor still holds liked queries
+    assert full["losses/pref"] != 0 and half["losses/pref"] == pytest.approx(full["losses/pref"] / 2, rel=1e-5)
+    base_likes = [-1] * 7 + [1] * 3  # likes on base queries and every dislike keep their weight
+    assert stats(0.0, base_likes)[1]["losses/pref"] == pytest.approx(stats(1.0, base_likes)[1]["losses/pref"])
+    # replayed replies keep where they came from, through a checkpoint too
+    agent, _ = stats(0.0, [1, -1, 1, 0, 1, -1, 1, 1, 0, 1], replay=4, updates_per_interaction=2)
+    assert agent.buffer_from_base.tolist() == [False] * 6 + [True, True]  # the two skips are dropped
+    other = _agent(tiny_unet, base_queries=3, tuned_like_weight=0.0, replay=4, updates_per_interaction=2)
+    other.load_state_dict(agent.state_dict())
+    assert torch.equal(other.buffer_from_base, agent.buffer_from_base)
+    replies_before = {k: v for k, v in agent.state_dict().items() if k != "buffer_from_base"}
+    other.load_state_dict(replies_before)  # a checkpoint from before the option: every reply the tuned model's
+    assert not other.buffer_from_base.any() and len(other.buffer_from_base) == len(agent.buffer_y)
+    with pytest.raises(ValueError, match="tuned_like_weight must be in"):
+        PAPA(tiny_unet, PAPAConfig(base_queries=3, tuned_like_weight=1.5))
+    with pytest.raises(ValueError, match="needs base_queries"):
+        PAPA(tiny_unet, PAPAConfig(tuned_like_weight=0.0))
