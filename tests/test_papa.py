@@ -478,6 +478,7 @@ def test_balanced_replay_favours_rare_replies_and_keeps_each_signs_share(tiny_un
     disliked = torch.randn(3, 1, 28, 28, generator=g)
     agent.buffer_x = torch.cat([crowd, rare, disliked])
     agent.buffer_y = torch.tensor([1.0] * 9 + [-1.0] * 3)
+    agent.buffer_from_base = torch.zeros(12, dtype=torch.bool)
     p = agent._replay_probs()
     assert p.sum().item() == pytest.approx(1.0)
     assert p[:9].sum().item() == pytest.approx(9 / 12) and p[9:].sum().item() == pytest.approx(3 / 12)
@@ -486,6 +487,7 @@ def test_balanced_replay_favours_rare_replies_and_keeps_each_signs_share(tiny_un
     assert 6 * p[0].item() < p[8].item() < 9 * p[0].item()
     # equally spaced replies stay uniform; and learning runs with it
     agent.buffer_x, agent.buffer_y = torch.eye(4).repeat_interleave(196, 1).view(4, 1, 28, 28), torch.ones(4)
+    agent.buffer_from_base = torch.zeros(4, dtype=torch.bool)
     assert torch.allclose(agent._replay_probs(), torch.full((4,), 0.25))
     q = agent.propose(torch.Generator().manual_seed(0))
     assert agent.learn(q, np.ones(10))["compute/rows"] > 0
