@@ -2,6 +2,7 @@
 
     python -m benchmarks.papa_goals --presets fast,epapa --seeds 5               # the 300-reply table
     python -m benchmarks.papa_goals --presets fast,epapa --seeds 5 --time-faithful 3   # + the authors' recipe timed
+    # (timed after the presets' sessions; benchmarks.speed interleaves the two, which a drifting machine needs)
     python -m benchmarks.papa_goals --env PAPA-MNIST-Style-v0 --presets epapa --seeds 3
     python -m benchmarks.papa_goals --presets epapa --set model_coef=0.5 --eval-samples 1000   # a variant
 
