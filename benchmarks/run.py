@@ -17,7 +17,8 @@ interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at th
 ``--reuse FILE`` reads the sessions of an earlier comparison's ``results.jsonl`` (same env, budget and
 evaluations: its reply schedule is checked) instead of running them, and adds its agents to this comparison; the
 samples grid then shows only the agents whose seed-0 session folder is here (and the references).
-``epapa``, ``epapa-mixed`` and ``epapa-mixed-avg`` are the PAPA presets of those names, ``papa`` is ``fast``.
+``epapa``, ``epapa-mixed``, ``epapa-mixed-avg`` and ``epapa-mixed-avg-ddim14`` are the PAPA presets of those names,
+``papa`` is ``fast``.
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
 do not learn, so they ask the user nothing: one evaluation, reported at the start and at the end of the budget.
 """
@@ -39,7 +40,13 @@ import papa_env  # noqa: F401
 from papa_env.models import load_pretrained
 from papa_env.session import Evaluator, collapse_report, run_session
 
-PAPA_AGENTS = ("papa", "epapa", "epapa-mixed", "epapa-mixed-avg")  # papa: the `fast` preset; the others by name
+PAPA_AGENTS = (
+    "papa",
+    "epapa",
+    "epapa-mixed",
+    "epapa-mixed-avg",
+    "epapa-mixed-avg-ddim14",
+)  # papa: `fast`; others by name
 LEARNERS = (*PAPA_AGENTS, "ddpo", "d3po", "reward-model")
 SB3 = ("sb3-ppo", "sb3-sac")
 REFERENCES = ("base", "oracle-best-of-n")

@@ -2,13 +2,14 @@
 
     python -m benchmarks.speed                                   # epapa-mixed-avg vs faithful, 30 vs 3 interactions
     python -m benchmarks.speed --preset fast --reference faithful --reference-interactions 2
+    python -m benchmarks.speed --preset epapa-mixed-avg,epapa-mixed-avg-ddim14 --sequential-too   # several, interleaved
 
 The issue's speed goal: the fast default and `faithful` timed in the same run on the same model, their ratio
 >= 50x. On a shared 2-core VM the machine's speed drifts by tens of percent within minutes (here `faithful`
 took 55 s per interaction at one hour and 95 s the next), so timing one after the other measures the drift
 as much as the code. This script alternates them: one `faithful` interaction, then a block of the fast
 preset's interactions, and so on — each block's ratio is taken against the `faithful` interaction next to it,
-and the script reports the overall ratio (sum over sum) with the spread of the per-block ratios.
+and the script reports the ratio of the mean seconds per interaction with the spread of the per-block ratios.
 
 An interaction is what ``run_session`` times: the agent's ``propose`` (sampling the 10 queries) + its
 ``learn`` (the update), not the env step or persistence. Both sessions are real: the simulated user replies,
@@ -81,7 +82,11 @@ class _Session:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="PAPA-MNIST-v0")
-    p.add_argument("--preset", default="epapa-mixed-avg", help=f"the fast preset, from {sorted(PRESETS)}")
+    p.add_argument(
+        "--preset",
+        default="epapa-mixed-avg",
+        help=f"the fast preset, or several comma-separated (each interleaved with the others), from {sorted(PRESETS)}",
+    )
     p.add_argument("--reference", default="faithful", help="the slow preset it is compared with")
     p.add_argument("--interactions", type=int, default=30, help="interactions of the fast preset (300 replies)")
     p.add_argument("--reference-interactions", type=int, default=3, help="interactions of the reference")
@@ -96,16 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", default="runs/benchmarks/speed.json")
     a = p.parse_args(argv)
-    for name in (a.preset, a.reference):
+    presets = a.preset.split(",")
+    for name in (*presets, a.reference):
         if name not in PRESETS:
             raise SystemExit(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     if a.interactions < a.reference_interactions or a.reference_interactions < 1:
         raise SystemExit("need --interactions >= --reference-interactions >= 1")
     if a.threads:
         torch.set_num_threads(a.threads)
-    slow, fast = _Session(a.env, a.reference, a.seed), _Session(a.env, a.preset, a.seed)
-    sessions = [slow, fast] + (
-        [_Session(a.env, a.preset, a.seed, sequential_sampling=True)] if a.sequential_too else []
+    slow = _Session(a.env, a.reference, a.seed)
+    fasts = [_Session(a.env, name, a.seed) for name in presets]
+    fast = fasts[0]  # the ratio of the summary line and of each block
+    sessions = [slow, *fasts] + (
+        [_Session(a.env, presets[0], a.seed, sequential_sampling=True)] if a.sequential_too else []
     )
     blocks = np.array_split(np.arange(a.interactions), a.reference_interactions)
     rows = []

@@ -251,18 +251,22 @@ def test_speed_benchmark_interleaves_the_presets_and_reports_their_ratio(tmp_pat
     from benchmarks import speed
 
     out = tmp_path / "speed.json"
-    argv = ["--preset", "epapa-mixed-avg", "--reference", "authors-mc", "--interactions", "3"]
+    argv = ["--preset", "epapa-mixed-avg,epapa", "--reference", "authors-mc", "--interactions", "3"]
     argv += ["--reference-interactions", "2", "--eval-samples", "4", "--sequential-too", "--out", str(out)]
     result = speed.main(argv)
     assert json.loads(out.read_text())["ratio"] == pytest.approx(result["ratio"])
     per = result["seconds_per_interaction"]
     sequential = "epapa-mixed-avg (models one after the other)"
-    assert set(per) == {"authors-mc", "epapa-mixed-avg", sequential}
-    assert result["ratio"] == pytest.approx(per["authors-mc"] / per["epapa-mixed-avg"])
+    assert set(per) == {"authors-mc", "epapa-mixed-avg", "epapa", sequential}
+    assert result["ratio"] == pytest.approx(per["authors-mc"] / per["epapa-mixed-avg"])  # the first preset's
+    assert result["ratios"]["epapa"] == pytest.approx(per["authors-mc"] / per["epapa"])
     assert [b["interactions"] for b in result["blocks"]] == [2, 1] and len(result["block_ratios"]) == 2
-    assert (
-        result["like_rate"]["epapa-mixed-avg"]["replies"] == 30 and result["like_rate"]["authors-mc"]["replies"] == 20
-    )
-    for bad in (["--preset", "nope"], ["--interactions", "1", "--reference-interactions", "2"]):
+    like = result["like_rate"]
+    assert like["epapa-mixed-avg"]["replies"] == like["epapa"]["replies"] == 30 and like["authors-mc"]["replies"] == 20
+    for bad in (
+        ["--preset", "nope"],
+        ["--preset", "epapa,nope"],
+        ["--interactions", "1", "--reference-interactions", "2"],
+    ):
         with pytest.raises(SystemExit):
             speed.main([*bad, "--out", str(out)])

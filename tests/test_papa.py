@@ -339,13 +339,20 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
 def test_epapa_presets_spend_half_of_papas_update_rows(tiny_unet) -> None:
     """The EPAPA goal's compute: each EPAPA preset's update costs half of PAPA's (``fast``) once replay is on."""
     rows = {}
-    for name in ("fast", "epapa", "epapa-baseline", "epapa-mixed", "epapa-mixed-avg"):
+    for name in ("fast", "epapa", "epapa-baseline", "epapa-mixed", "epapa-mixed-avg", "epapa-mixed-avg-ddim14"):
         agent = PAPA(tiny_unet, replace(PRESETS[name], num_sampling_steps=2))
         replies = np.array([1, -1] * 5)
         for _ in range(2):  # the first interaction has nothing to replay yet
             stats = agent.learn(agent.propose(torch.Generator().manual_seed(0)), replies)
         rows[name] = stats["compute/rows"]
-    assert rows == {"fast": 256, "epapa": 128, "epapa-baseline": 128, "epapa-mixed": 128, "epapa-mixed-avg": 128}
+    assert rows == {
+        "fast": 256,
+        "epapa": 128,
+        "epapa-baseline": 128,
+        "epapa-mixed": 128,
+        "epapa-mixed-avg": 128,
+        "epapa-mixed-avg-ddim14": 128,
+    }
     assert "charts/reply_baseline" in stats  # epapa-baseline's (and epapa-mixed's) reply term is baselined
 
 
