@@ -224,6 +224,8 @@ def sample_many(
 
     global _POOL, _POOL_WORKERS
     if _POOL is None or _POOL_WORKERS < len(unets):
+        if _POOL is not None:  # too few workers for this many models: retire the old pool's threads
+            _POOL.shutdown(wait=False)
         _POOL = ThreadPoolExecutor(max_workers=len(unets), thread_name_prefix="papa-sample")
         _POOL_WORKERS = len(unets)
     try:

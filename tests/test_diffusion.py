@@ -126,6 +126,19 @@ def test_sample_many_runs_the_models_side_by_side_with_the_same_images(two_unets
     assert torch.get_num_threads() == 2 and two_unets[1].training and not two_unets[0].training
 
 
+def test_sample_many_retires_a_pool_too_small_for_more_models(two_unets, threads) -> None:
+    import papa_env.diffusion as diffusion
+
+    torch.set_num_threads(3)
+    sample_many(two_unets, [1, 1], num_steps=2, generator=torch.Generator().manual_seed(0))
+    old = diffusion._POOL
+    three = [*two_unets, copy.deepcopy(two_unets[0])]
+    ref, _ = _sequential(three, [1, 1, 1], 0, num_steps=2)
+    ours = sample_many(three, [1, 1, 1], num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ours, ref))
+    assert diffusion._POOL is not old and diffusion._POOL_WORKERS == 3 and old._shutdown
+
+
 def test_sample_many_falls_back_to_the_sequential_calls(two_unets, threads) -> None:
     torch.set_num_threads(2)
     for kw in (dict(sampler="ddpm", num_steps=4), dict(sampler="ddim", num_steps=4, eta=0.0)):
