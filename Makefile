@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,clip]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,clip,sb3]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,10 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -m "slow or not slow" --durations=10
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

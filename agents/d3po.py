@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from papa_env.agents.base import TrajectoryAgent
 
+from papa_env.agents.trajectory import TrajectoryAgent
 from papa_env.diffusion import sample_trajectory, trajectory_log_probs
 
 
@@ -44,8 +44,6 @@ class D3POConfig:
     """DDIM steps of a trajectory (the authors': 20)"""
     eta: float = 1.0
     """DDIM noise scale (> 0: pairs diverge through it)"""
-    seed: int = 0
-    """seed of the agent's own randomness"""
 
 
 def d3po_loss(

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from papa_env.agents.base import TrajectoryAgent
 
+from papa_env.agents.trajectory import TrajectoryAgent
 from papa_env.diffusion import sample_trajectory, trajectory_log_probs
 
 
@@ -43,8 +43,6 @@ class DDPOConfig:
     """DDIM steps of a trajectory"""
     eta: float = 1.0
     """DDIM noise scale (> 0: the policy must be stochastic)"""
-    seed: int = 0
-    """seed of the agent's own randomness"""
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from papa_env.agents.base import Agent
 
 from papa_env.diffusion import sample
 
 
-class BaseModel(Agent):
+class BaseModel:
     """Queries and evaluation samples from the base model; learns nothing."""
 
     name = "base"

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from papa_env.agents.base import Agent
-from papa_env.agents.ddpo import advantages_from_replies, ddpo_loss
 from torch import nn
 
+from papa_env.agents.ddpo import advantages_from_replies, ddpo_loss
 from papa_env.diffusion import sample, sample_trajectory, trajectory_log_probs
 
 
@@ -67,7 +66,7 @@ class RewardCNN(nn.Module):
         return self.net(images).squeeze(-1)
 
 
-class RewardModelDDPO(Agent):
+class RewardModelDDPO:
     """Fit a reward model on the replies, then DDPO against it."""
 
     name = "reward-model"
@@ -76,8 +75,9 @@ class RewardModelDDPO(Agent):
         self.cfg = config or RewardModelConfig()
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.lr)
-        torch.manual_seed(self.cfg.seed)
-        self.reward_model = RewardCNN(self.cfg.rm_width)
+        with torch.random.fork_rng(devices=[]):  # seeded init, without touching the caller's global RNG
+            torch.manual_seed(self.cfg.seed)
+            self.reward_model = RewardCNN(self.cfg.rm_width)
         self.rm_opt = torch.optim.Adam(self.reward_model.parameters(), lr=self.cfg.rm_lr)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.images: list[torch.Tensor] = []

@@ -13,10 +13,10 @@ import argparse
 import json
 
 import torch
-from papa_env.oracles.style import calibrate, calibration_path, style_attributes
 
 from papa_env.diffusion import sample
 from papa_env.models import load_pretrained
+from papa_env.oracles.style import calibrate, calibration_path, style_attributes
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,8 +17,7 @@ interaction at the end), ``welch.md`` (PAPA and EPAPA vs every other agent at th
 ``--reuse FILE`` reads the sessions of an earlier comparison's ``results.jsonl`` (same env, budget and
 evaluations: its reply schedule is checked) instead of running them, and adds its agents to this comparison; the
 samples grid then shows only the agents whose seed-0 session folder is here (and the references).
-``epapa``, ``epapa-mixed``, ``epapa-mixed-avg`` and ``epapa-mixed-avg-ddim14`` are the PAPA presets of those names,
-``papa`` is ``fast``.
+``papa`` and ``epapa`` are the PAPA presets of those names.
 ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent. The references (``base``, the ceiling)
 do not learn, so they ask the user nothing: one evaluation, reported at the start and at the end of the budget.
 """
@@ -37,16 +36,13 @@ import numpy as np
 import torch
 
 import papa_env  # noqa: F401
+from papa_env.checkpoint import load_state
+from papa_env.evaluation import Evaluator, collapse_report
 from papa_env.models import load_pretrained
-from papa_env.session import Evaluator, collapse_report, run_session
+from papa_env.runfolder import CHECKPOINT
+from papa_env.session import run_session
 
-PAPA_AGENTS = (
-    "papa",
-    "epapa",
-    "epapa-mixed",
-    "epapa-mixed-avg",
-    "epapa-mixed-avg-ddim14",
-)  # papa: `fast`; others by name
+PAPA_AGENTS = ("papa", "epapa")  # the PAPA presets of those names
 LEARNERS = (*PAPA_AGENTS, "ddpo", "d3po", "reward-model")
 SB3 = ("sb3-ppo", "sb3-sac")
 REFERENCES = ("base", "oracle-best-of-n")
@@ -64,12 +60,11 @@ def make_agent(name: str, unet: torch.nn.Module, env, seed: int, queries_per_ste
 
     k = queries_per_step
     if name in PAPA_AGENTS:
-        preset = "fast" if name == "papa" else name
-        return PAPA(unet, replace(PRESETS[preset], seed=seed, queries_per_step=k))
+        return PAPA(unet, replace(PRESETS[name], seed=seed, queries_per_step=k))
     if name == "ddpo":
-        return DDPO(unet, DDPOConfig(seed=seed, queries_per_step=k))
+        return DDPO(unet, DDPOConfig(queries_per_step=k))
     if name == "d3po":
-        return D3PO(unet, D3POConfig(seed=seed, queries_per_step=k))
+        return D3PO(unet, D3POConfig(queries_per_step=k))
     if name == "reward-model":
         return RewardModelDDPO(unet, RewardModelConfig(seed=seed, queries_per_step=k))
     if name == "base":
@@ -77,87 +72,6 @@ def make_agent(name: str, unet: torch.nn.Module, env, seed: int, queries_per_ste
     if name == "oracle-best-of-n":
         return OracleBestOfN(unet, env, queries_per_step=k)
     raise ValueError(f"unknown agent {name!r}; expected one of {ALL}")
-
-
-class _SB3Sampler:
-    """Lets the Evaluator sample from an SB3 policy: its (stochastic) actions decoded by the wrapper."""
-
-    def __init__(self, model, env) -> None:
-        self.model, self.env = model, env
-        self.name = "sb3"
-
-    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        obs, _ = self.env.observation_space.sample(), None
-        obs = {k: np.zeros_like(v) for k, v in obs.items()}
-        self.model.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        images = []
-        while sum(len(x) for x in images) < n:
-            action, _ = self.model.predict(obs, deterministic=False)
-            images.append(torch.from_numpy(self.env.action(action)).reshape(-1, 1, 28, 28))
-        return torch.cat(images)[:n]
-
-
-def run_sb3(algo: str, env, evaluator: Evaluator, seed: int, eval_every: int, run_dir: Path) -> list[dict]:
-    """SB3 PPO / SAC, unchanged, via ``model.learn`` on the noise-wrapped env; evaluations in a callback."""
-    import stable_baselines3 as sb3
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from papa_env.wrappers import BudgetFraction, NoiseToImage, ReplyLog
-
-    base_env = env.unwrapped
-    # SAC's policy squashes with tanh: atanh-decoded [-1, 1] actions make its untrained policy base-model noise
-    wrapped = NoiseToImage(BudgetFraction(ReplyLog(env, run_dir)), squashed=algo == "sb3-sac")
-    k = base_env.queries_per_step
-    steps = base_env.feedback_budget // k
-    if algo == "sb3-ppo":
-        # The action has K x 784 dims: the log-prob ratio of a whole action moves fast, and once exp() of it
-        # overflows PPO's loss goes inf / NaN. target_kl stops each update before that (SB3's own knob).
-        n_steps = max(2, min(10, steps))
-        model = sb3.PPO(
-            "MultiInputPolicy",
-            wrapped,
-            n_steps=n_steps,
-            batch_size=n_steps,
-            n_epochs=4,
-            learning_rate=1e-4,
-            target_kl=0.02,
-            seed=seed,
-            device="cpu",
-        )
-    else:
-        model = sb3.SAC(
-            "MultiInputPolicy",
-            wrapped,
-            buffer_size=1000,
-            learning_starts=min(5, steps - 1),
-            batch_size=8,
-            seed=seed,
-            device="cpu",
-        )
-    sampler = _SB3Sampler(model, wrapped)
-    records: list[dict] = []
-
-    def evaluate(replies: int, t_step: float | None) -> None:
-        metrics, _ = evaluator(sampler)
-        if t_step is not None:
-            metrics["charts/seconds_per_interaction"] = t_step
-        records.append({"replies": replies, **metrics})
-
-    class Eval(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.t = time.perf_counter()
-
-        def _on_step(self) -> bool:
-            # the VecEnv has already reset the env after the budget's last step: count from that step's info
-            replies = base_env.feedback_budget - int(self.locals["infos"][0]["replies_left"])
-            if replies and (replies % eval_every == 0 or replies == base_env.feedback_budget):
-                evaluate(replies, (time.perf_counter() - self.t) / (replies // k))
-            return True
-
-    evaluate(0, None)
-    model.learn(total_timesteps=steps, callback=Eval())
-    model.save(run_dir / "sb3_model.zip")  # for final_samples.png (and anyone who wants the policy)
-    return records
 
 
 def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = None) -> dict:
@@ -183,6 +97,8 @@ def run_one(a: argparse.Namespace, name: str, seed: int, threads: int | None = N
 
         shutil.rmtree(run_dir, ignore_errors=True)
         env.reset(seed=seed)
+        from papa_env.agents.sb3 import run_sb3
+
         records = run_sb3(name, env, evaluator, seed, a.eval_every, run_dir)
     else:
         agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, seed, env.unwrapped.queries_per_step)
@@ -424,17 +340,12 @@ def final_sampler(a: argparse.Namespace, root: Path, name: str):
     env_kwargs = {"mistake_rate": a.mistake_rate} if a.mistake_rate else {}
     env = gym.make(a.env, feedback_budget=a.budget, mode=mode, **env_kwargs)  # the same user as the session's
     if name in SB3:
-        import stable_baselines3 as sb3
+        from papa_env.agents.sb3 import load_sampler
 
-        from papa_env.wrappers import BudgetFraction, NoiseToImage
-
-        algo = sb3.PPO if name == "sb3-ppo" else sb3.SAC
-        wrapped = NoiseToImage(BudgetFraction(env), squashed=name == "sb3-sac")
-        return _SB3Sampler(algo.load(run_dir / "sb3_model.zip", device="cpu"), wrapped)
+        return load_sampler(name, env, run_dir)
     agent = make_agent(name, load_pretrained(env.unwrapped.base_model), env, 0, env.unwrapped.queries_per_step)
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        agent.load_state_dict(torch.load(ckpt, weights_only=False)["agent"])
+    if (run_dir / CHECKPOINT).exists():
+        agent.load_state_dict(load_state(run_dir / CHECKPOINT)["agent"])
     return agent
 
 

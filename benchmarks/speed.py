@@ -1,8 +1,8 @@
 """Seconds per interaction of a fast preset against the authors' recipe, interleaved in one process.
 
-    python -m benchmarks.speed                                   # epapa-mixed-avg vs faithful, 30 vs 3 interactions
-    python -m benchmarks.speed --preset fast --reference faithful --reference-interactions 2
-    python -m benchmarks.speed --preset epapa-mixed-avg,epapa-mixed-avg-ddim14 --sequential-too   # several, interleaved
+    python -m benchmarks.speed                                   # epapa vs faithful, 30 vs 3 interactions
+    python -m benchmarks.speed --preset papa --reference faithful --reference-interactions 2
+    python -m benchmarks.speed --preset epapa,papa --sequential-too   # several, interleaved
 
 The issue's speed goal: the fast default and `faithful` timed in the same run on the same model, their ratio
 >= 50x. On a shared 2-core VM the machine's speed drifts by tens of percent within minutes (here `faithful`
@@ -25,23 +25,15 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import gymnasium as gym
 import numpy as np
-import papa_env.agents.papa as papa_module
 import torch
-from papa_env.agents.papa import PAPA, PRESETS
 
 import papa_env  # noqa: F401  (registers the ids)
-from papa_env.diffusion import sample
+from papa_env.agents.papa import PAPA, PRESETS
+from papa_env.evaluation import Evaluator
 from papa_env.models import load_pretrained
-from papa_env.session import Evaluator
-
-
-def _one_after_the_other(unets, counts, **kw):
-    """``sample_many`` without running the models side by side (what ``PAPA.propose`` did before it)."""
-    return [sample(u, n, **kw) for u, n in zip(unets, counts)]
 
 
 class _Session:
@@ -55,6 +47,7 @@ class _Session:
         self.env = gym.make(env_id)
         self.env.reset(seed=seed)
         self.agent = PAPA(load_pretrained(self.env.unwrapped.base_model), replace(PRESETS[preset], seed=seed))
+        self.agent.side_by_side = not sequential_sampling
         self.gen = torch.Generator().manual_seed(seed)
         self.preset = preset
         self.sequential_sampling = sequential_sampling
@@ -64,11 +57,7 @@ class _Session:
 
     def interact(self) -> float:
         t0 = time.perf_counter()
-        if self.sequential_sampling:
-            with mock.patch.object(papa_module, "sample_many", _one_after_the_other):
-                queries = self.agent.propose(self.gen)
-        else:
-            queries = self.agent.propose(self.gen)
+        queries = self.agent.propose(self.gen)
         t1 = time.perf_counter()
         _, _, _, _, info = self.env.step(queries)
         t2 = time.perf_counter()
@@ -84,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--env", default="PAPA-MNIST-v0")
     p.add_argument(
         "--preset",
-        default="epapa-mixed-avg",
+        default="epapa",
         help=f"the fast preset, or several comma-separated (each interleaved with the others), from {sorted(PRESETS)}",
     )
     p.add_argument("--reference", default="faithful", help="the slow preset it is compared with")

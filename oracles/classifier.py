@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from papa_env.oracles.base import Oracle, register_oracle
 
 from papa_env.data import class_names
+from papa_env.oracles.base import Oracle, register_oracle
 
 DEFAULT_PREFERENCES = {"mnist": (1, 4, 7, 9), "fashion-mnist": (5, 7, 9)}
 """The PAPA authors' defaults: digits {1, 4, 7, 9}; sandal, sneaker, ankle boot."""
@@ -52,10 +52,13 @@ class ClassifierOracle(Oracle):
         return self._preference
 
     def set_preference(self, preference: Iterable[int]) -> None:
-        try:
-            classes = tuple(sorted({int(c) for c in preference}))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"preference must be an iterable of class indices in [0, 10), got {preference!r}") from err
+        expected = f"an iterable of class indices (ints) in [0, 10), got {preference!r}"
+        if isinstance(preference, str | bytes) or not isinstance(preference, Iterable):
+            raise ValueError(f"preference must be {expected}")
+        items = list(preference)
+        if any(isinstance(c, bool) or not isinstance(c, int | np.integer) for c in items):
+            raise ValueError(f"preference must be {expected}")
+        classes = tuple(sorted({int(c) for c in items}))
         if not classes:
             raise ValueError("preference is empty: the user must like at least one class")
         bad = [c for c in classes if not 0 <= c < 10]

@@ -13,6 +13,7 @@ import urllib.error
 
 import torch
 import torch.nn.functional as F
+
 from papa_env.oracles.base import Oracle, register_oracle
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from papa_env.oracles.base import Oracle
 
 
@@ -100,12 +101,12 @@ class Skips(OracleWrapper):
 
     def reply(self, images: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         replies = self.oracle.reply(images, rng)
-        unsure = np.abs(self.utility(images).numpy() - self.threshold) < self.margin
+        unsure = np.abs(self.checked_utility(images) - self.threshold) < self.margin
         return np.where(unsure, 0, replies).astype(np.int8)
 
     def compare(self, first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         replies = self.oracle.compare(first, second, rng)
-        both_low = np.maximum(self.utility(first).numpy(), self.utility(second).numpy()) < self.threshold
+        both_low = np.maximum(self.checked_utility(first), self.checked_utility(second)) < self.threshold
         return np.where(both_low, 0, replies).astype(np.int8)
 
 
@@ -120,7 +121,7 @@ class Ties(OracleWrapper):
 
     def compare(self, first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         replies = self.oracle.compare(first, second, rng)
-        close = np.abs(self.utility(first).numpy() - self.utility(second).numpy()) < self.margin
+        close = np.abs(self.checked_utility(first) - self.checked_utility(second)) < self.margin
         return np.where(close, 0, replies).astype(np.int8)
 
 
@@ -143,9 +144,9 @@ class BradleyTerry(OracleWrapper):
 
     def reply(self, images: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         inner = self.oracle.reply(images, rng)
-        return self._draw(self.utility(images).numpy() - self.threshold, inner, rng)
+        return self._draw(self.checked_utility(images) - self.threshold, inner, rng)
 
     def compare(self, first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
         inner = self.oracle.compare(first, second, rng)
         inner = np.where(inner == 0, 0, 1)  # only ties/skips decided inside survive; the rest is redrawn
-        return self._draw(self.utility(first).numpy() - self.utility(second).numpy(), inner, rng)
+        return self._draw(self.checked_utility(first) - self.checked_utility(second), inner, rng)

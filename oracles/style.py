@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from papa_env.oracles.base import Oracle, register_oracle
 
 PREFERENCES: dict[str, tuple[str, float]] = {

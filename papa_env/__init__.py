@@ -1,26 +1,42 @@
 """papa-env: online personalized preference alignment of diffusion models.
 
-``gym.make("PAPA-MNIST-v0")`` works after ``import papa_env`` (see :mod:`papa_env.registration`).
-Start with :func:`load_pretrained` (the shipped base DDPMs and classifiers, offline) and
-:func:`papa_env.diffusion.sample`; datasets come from :func:`papa_env.data.load_dataset`.
+``gym.make("PAPA-MNIST-v0")`` works after ``import papa_env``, which registers the env ids (Gymnasium's way: see
+:mod:`papa_env.registration`) and imports nothing heavier than gymnasium. Start with :func:`load_pretrained`
+(the shipped base DDPMs and classifiers, offline) and :func:`sample`; datasets come from :func:`load_dataset`.
+These load on first use.
 """
 
-from papa_env.data import load_dataset
-from papa_env.diffusion import sample
-from papa_env.models import PRETRAINED, load_pretrained, make_scheduler, make_unet
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from papa_env.registration import ENV_IDS, register_envs
 
 register_envs()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "ENV_IDS",
-    "PRETRAINED",
-    "load_dataset",
-    "load_pretrained",
-    "make_scheduler",
-    "make_unet",
-    "sample",
-    "__version__",
-]
+_LAZY = {
+    "load_dataset": "papa_env.data",
+    "sample": "papa_env.diffusion",
+    "PRETRAINED": "papa_env.models",
+    "load_pretrained": "papa_env.models",
+    "make_scheduler": "papa_env.models",
+    "make_unet": "papa_env.models",
+    "PreferenceEnv": "papa_env.env",
+    "run_session": "papa_env.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'papa_env' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["ENV_IDS", "__version__", *_LAZY]

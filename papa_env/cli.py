@@ -1,13 +1,16 @@
 """The ``papa`` command.
 
+    papa demo                                               the main job (what `make demo` runs): EPAPA aligns
+                                                            mnist-ddpm to PAPA-MNIST-v0's user, 300 replies
+    papa run --preset epapa --lr 2e-4 --env PAPA-MNIST-v0   one PAPA / EPAPA session, any PAPAConfig field as a flag
+    papa sample --model mnist-ddpm --n 64 --out grid.png    draw a grid from a shipped model or a run's weights
     papa pretrain ddpm --dataset mnist --steps 6000 ...     train / resume a base diffusion model
     papa pretrain classifier --dataset mnist --arch UserCNN train a user's classifier or the judge
-    papa sample --model mnist-ddpm --n 64 --out grid.png    draw a grid from a shipped model
-    papa demo                                               the main job (what `make demo` runs):
-                                                            EPAPA aligns mnist-ddpm to PAPA-MNIST-v0's user
 
-Flags of ``pretrain`` come from the config dataclasses in :mod:`papa_env.pretrain`; each field's
-docstring is its ``--help`` line (CleanRL style).
+Config flags come from the config dataclasses (:class:`papa_env.agents.papa.PAPAConfig`, :mod:`papa_env.pretrain`):
+each field's docstring is its ``--help`` line (CleanRL style), one path for every command and benchmark script.
+A user error (a bad flag value, a damaged run folder, a missing file) prints one line on stderr and exits with 2,
+argparse's convention; set ``PAPA_TRACEBACK=1`` to see the traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
+import os
 import sys
 import textwrap
 import typing
@@ -40,35 +45,113 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--flag`` per dataclass field (bools as ``--x/--no-x``, Literals as choices)."""
+def _optional(kind: type):
+    """An argparse type for ``kind | None``: the word ``None`` gives None."""
+
+    def parse(text: str):
+        return None if text == "None" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, only_given: bool = False, exclude: tuple[str, ...] = ()
+) -> None:
+    """One ``--flag`` per dataclass field: bools as ``--x/--no-x``, Literals as choices, ``X | None`` accepting None.
+
+    With ``only_given``, a flag not on the command line leaves no attribute (to override a preset's fields only);
+    fields in ``exclude`` get no flag.
+    """
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         hint = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{docs.get(f.name, '')} (default: {f.default!r})"
+        default = argparse.SUPPRESS if only_given else f.default
+        help_ = docs.get(f.name, "") + ("" if only_given else f" (default: {f.default!r})")
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-            continue
-        if origin is typing.Literal:
-            parser.add_argument(flag, choices=args, default=f.default, help=help_)
-            continue
-        if args and type(None) in args:  # Optional[X]
-            hint = next(a for a in args if a is not type(None))
-        parser.add_argument(flag, type=hint, default=f.default, help=help_, metavar=hint.__name__.upper())
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif origin is typing.Literal:
+            parser.add_argument(flag, choices=args, default=default, help=help_)
+        elif args and type(None) in args:  # X | None
+            kind = next(a for a in args if a is not type(None))
+            parser.add_argument(flag, type=_optional(kind), default=default, help=help_ + " (None: off)",
+                                metavar=kind.__name__.upper())  # fmt: skip
+        else:
+            parser.add_argument(flag, type=hint, default=default, help=help_, metavar=hint.__name__.upper())
 
 
-def parse_into(cls: type, ns: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+def parse_into(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:
+    """The dataclass from parsed flags; with ``base`` (an instance), only the flags given override it."""
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.name in vars(ns)}
+    return dataclasses.replace(base, **given) if base is not None else cls(**given)
+
+
+def _positive_multiple(name: str, value: int, of: int = 10) -> None:
+    if value < of or value % of:
+        raise ValueError(
+            f"--{name} must be a positive multiple of {of} (the replies of whole interactions), got {value}"
+        )
+
+
+def _out_folder(path: str) -> str:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {path} is a file; give a run folder (it is created if missing)")
+    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {path}: cannot write in {parent}")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from papa_env.agents.papa import PRESETS, PAPAConfig
     from papa_env.pretrain import ClassifierTrainConfig, DDPMTrainConfig
 
     p = argparse.ArgumentParser(prog="papa", description="papa-env: online preference alignment of diffusion models")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def threads(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+
+    d = sub.add_parser("demo", help="the main job: what `make demo` runs (EPAPA aligns the MNIST model)")
+    d.add_argument("--out", default="runs/demo", help="run folder (an existing run there is resumed)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the session (user noise, queries, updates)")
+    d.add_argument("--preset", default="epapa", choices=sorted(PRESETS), help="the PAPA preset")
+    d.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
+    threads(d)
+
+    r = sub.add_parser(
+        "run",
+        help="one PAPA / EPAPA session against any env and user, with any config field set",
+        description="One session: --preset's config, each flag below overriding one field of it.",
+    )
+    r.add_argument("--preset", default="epapa", choices=sorted(PRESETS), help="the config the flags start from")
+    r.add_argument("--env", default="PAPA-MNIST-v0", help="a registered env id")
+    r.add_argument("--preference", default=None, help='the user\'s taste as JSON, e.g. "[0, 3]" or \'"thin"\'')
+    r.add_argument("--mistake-rate", type=float, default=0.0, help="share of replies the user flips")
+    r.add_argument("--seed", type=int, default=0, help="seed of the session; also the agent config's seed")
+    r.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
+    r.add_argument("--eval-every", type=int, default=50, help="replies between evaluations")
+    r.add_argument("--eval-samples", type=int, default=200, help="fresh samples per evaluation")
+    r.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<env>-s<seed>); resumed if there")
+    r.add_argument("--log", default=None, help="append the session's summary (one JSON line) to this file")
+    threads(r)
+    cfg = r.add_argument_group("PAPAConfig fields (override the preset's)")
+    add_dataclass_args(cfg, PAPAConfig, only_given=True, exclude=("seed",))
+
+    s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model or a run's weights")
+    s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 ddim, 1000 ddpm)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/samples.png", help="where to write the PNG grid")
+    threads(s)
 
     pre = sub.add_parser("pretrain", help="train the shipped base models and classifiers")
     pre_sub = pre.add_subparsers(dest="what", required=True)
@@ -76,20 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(ddpm, DDPMTrainConfig)
     clf = pre_sub.add_parser("classifier", help="train a classifier", description=ClassifierTrainConfig.__doc__)
     add_dataclass_args(clf, ClassifierTrainConfig)
-
-    s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model")
-    s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 ddim, 1000 ddpm)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="runs/samples.png", help="where to write the PNG grid")
-
-    d = sub.add_parser("demo", help="the main job: what `make demo` runs (EPAPA aligns the MNIST model)")
-    d.add_argument("--out", default="runs/demo", help="run folder (an existing run there is resumed)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="epapa-mixed-avg", help="a papa_env.agents.papa.PRESETS name")
-    d.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
     return p
 
 
@@ -100,7 +169,7 @@ def load_unet(model: str):
         return load_pretrained(model)
     if Path(model).suffix == ".safetensors":
         return load_model(model)
-    raise SystemExit(f"--model must be one of {sorted(PRETRAINED)} or a .safetensors file, got {model!r}")
+    raise ValueError(f"--model must be one of {sorted(PRETRAINED)} or a .safetensors file, got {model!r}")
 
 
 def cmd_sample(ns: argparse.Namespace) -> Path:
@@ -110,7 +179,7 @@ def cmd_sample(ns: argparse.Namespace) -> Path:
     from papa_env.viz import save_grid
 
     if ns.n < 1:
-        raise SystemExit(f"--n must be >= 1, got {ns.n}")
+        raise ValueError(f"--n must be >= 1, got {ns.n}")
     steps = ns.steps or (20 if ns.sampler == "ddim" else 1000)
     unet = load_unet(ns.model)
     images = sample(
@@ -121,8 +190,52 @@ def cmd_sample(ns: argparse.Namespace) -> Path:
     return out
 
 
+def cmd_run(ns: argparse.Namespace) -> dict:
+    from papa_env.agents.papa import PRESETS, PAPAConfig
+    from papa_env.demo import run_papa
+
+    _positive_multiple("budget", ns.budget)
+    config = parse_into(PAPAConfig, ns, dataclasses.replace(PRESETS[ns.preset], seed=ns.seed))
+    env_kwargs: dict[str, Any] = {"mistake_rate": ns.mistake_rate} if ns.mistake_rate else {}
+    if ns.preference is not None:
+        try:
+            env_kwargs["preference"] = json.loads(ns.preference)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--preference must be JSON, e.g. '[1, 4]' or '\"thin\"'; got {ns.preference!r}") from err
+    out = _out_folder(ns.out or f"runs/{ns.preset}-{ns.env}-s{ns.seed}")
+    _, summary = run_papa(ns.env, config, out, seed=ns.seed, budget=ns.budget, eval_every=ns.eval_every,
+                       eval_samples=ns.eval_samples, env_kwargs=env_kwargs, label=ns.preset)  # fmt: skip
+    if ns.log:
+        with open(ns.log, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    """Entry point of ``papa``: 0 on success, 2 for a user error (one line on stderr)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return _dispatch(ns)
+    except Exception as err:
+        from papa_env.errors import PapaEnvError
+
+        user_error = isinstance(
+            err, PapaEnvError | ValueError | FileNotFoundError | NotADirectoryError | PermissionError
+        )
+        if not user_error or os.environ.get("PAPA_TRACEBACK"):
+            raise
+        print(f"papa {ns.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    if getattr(ns, "threads", None) is not None:
+        import torch
+
+        if ns.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {ns.threads}")
+        torch.set_num_threads(ns.threads)
     if ns.command == "pretrain":
         from papa_env import pretrain
 
@@ -132,10 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             pretrain.train_classifier(parse_into(pretrain.ClassifierTrainConfig, ns))
     elif ns.command == "sample":
         cmd_sample(ns)
+    elif ns.command == "run":
+        cmd_run(ns)
     elif ns.command == "demo":
         from papa_env.demo import run_demo
 
-        run_demo(out=ns.out, seed=ns.seed, preset=ns.preset, budget=ns.budget)
+        _positive_multiple("budget", ns.budget)
+        run_demo(out=_out_folder(ns.out), seed=ns.seed, preset=ns.preset, budget=ns.budget)
     return 0
 
 

@@ -1,47 +1,69 @@
-"""``papa demo``: the main job (what ``make demo`` runs).
+"""``papa demo`` and ``papa run``: one PAPA / EPAPA session against a registered env, with a printed table.
 
-Aligns the shipped MNIST base model to the default user of ``PAPA-MNIST-v0`` (likes digits 1, 4, 7, 9) with EPAPA
-(the ``epapa-mixed-avg`` preset: half of each interaction's queries from the frozen base model, samples from a tail
-average of the tuned weights) over the 300-reply budget on the CPU, then prints a before / after table. The run
-folder (``runs/demo`` by default) holds every reply, the sample grids, the like-rate curve and the final weights;
-rerunning the command resumes it (and a finished run just reprints its table).
+``papa demo`` (what ``make demo`` runs) aligns the shipped MNIST base model to the default user of
+``PAPA-MNIST-v0`` (likes digits 1, 4, 7, 9) with EPAPA's default preset over the 300-reply budget on the CPU, then
+prints a before / after table. The run folder (``runs/demo`` by default) holds every reply, the sample grids, the
+like-rate curve and the final weights; rerunning the command resumes it (and a finished run reprints its table).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+
+
+def run_papa(
+    env_id: str,
+    config: Any,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    budget: int = 300,
+    eval_every: int = 50,
+    eval_samples: int = 200,
+    env_kwargs: dict[str, Any] | None = None,
+    label: str = "",
+) -> tuple[list[dict], dict[str, Any]]:
+    """One session of ``PAPA(<env's base model>, config)`` in ``out``; prints its table, returns its evaluation
+    records and their summary (:func:`papa_env.evaluation.summarize`)."""
+    import papa_env  # noqa: F401  (registers the env ids)
+    from papa_env.agents.papa import PAPA
+    from papa_env.evaluation import Evaluator, liked_classes, summarize
+    from papa_env.models import load_pretrained
+    from papa_env.session import run_session
+
+    env = gym.make(env_id, feedback_budget=budget, **(env_kwargs or {}))
+    agent = PAPA(load_pretrained(env.unwrapped.base_model), config)
+    print(f"papa: {agent.name}{f' ({label} preset)' if label else ''} aligns {env.unwrapped.base_model} to "
+          f"{env.unwrapped.oracle!r} with {budget} replies; run folder {out}")  # fmt: skip
+    t0 = time.perf_counter()
+    records = run_session(agent, env, out, eval_every=eval_every, evaluator=Evaluator(env, n=eval_samples), seed=seed)
+    secs = time.perf_counter() - t0
+    print_table(records)
+    print(f"\n{secs:.0f} s in this call; grids: {Path(out) / 'samples_before.png'}, {Path(out) / 'samples_after.png'};"
+          f" curve: {Path(out) / 'like_rate.png'}")  # fmt: skip
+    summary = {"env": env_id, "env_kwargs": env_kwargs or {}, "seed": seed, "label": label, "out": str(out),
+               **summarize(records, liked_classes(env)), "wall": round(secs)}  # fmt: skip
+    return records, summary
 
 
 def run_demo(
     out: str | Path = "runs/demo",
     seed: int = 0,
-    preset: str = "epapa-mixed-avg",
+    preset: str = "epapa",
     budget: int = 300,
     eval_samples: int = 200,
 ) -> list[dict]:
     """Run the demo session and print its table; returns the evaluation records."""
-    import papa_env  # noqa: F401  (registers the env ids)
-    from papa_env.agents.papa import PAPA
-    from papa_env.models import load_pretrained
-    from papa_env.session import Evaluator, run_session
+    from dataclasses import replace
 
-    env = gym.make("PAPA-MNIST-v0", feedback_budget=budget)
-    agent = PAPA(load_pretrained("mnist-ddpm"), preset)
-    print(
-        f"papa demo: {agent.name} ({preset} preset) aligns mnist-ddpm to {env.unwrapped.oracle!r} "
-        f"with {budget} replies; run folder {out}"
-    )
-    t0 = time.perf_counter()
-    records = run_session(agent, env, out, eval_every=100, evaluator=Evaluator(env, n=eval_samples), seed=seed)
-    secs = time.perf_counter() - t0
-    print_table(records)
-    print(
-        f"\n{secs:.0f} s in this call; grids: {Path(out) / 'samples_before.png'}, {Path(out) / 'samples_after.png'};"
-        f" curve: {Path(out) / 'like_rate.png'}"
-    )
+    from papa_env.agents.papa import PRESETS
+
+    records, _ = run_papa("PAPA-MNIST-v0", replace(PRESETS[preset], seed=0), out, seed=seed, budget=budget,
+                          eval_every=100, eval_samples=eval_samples, label=preset)  # fmt: skip
     return records
 
 
@@ -49,11 +71,12 @@ def print_table(records: list[dict]) -> None:
     """Like-rate (user and judge), judge confidence and the largest class share at each evaluation."""
     print(
         f"\n{'replies':>7} | {'like-rate (user)':>16} | {'like-rate (judge)':>17} | {'judge conf.':>11} | "
-        f"{'max class share':>15}"
+        f"{'max class share':>15} | {'liked among shown':>17}"
     )
     for r in records:
         judge = r.get("eval/like_rate_judge", float("nan"))
+        shown = r.get("session/shown_like_rate", float("nan"))
         print(
             f"{r['replies']:>7} | {r['eval/like_rate_oracle']:>16.3f} | {judge:>17.3f} | "
-            f"{r['eval/judge_confidence']:>11.3f} | {r['eval/max_class_share']:>15.3f}"
+            f"{r['eval/judge_confidence']:>11.3f} | {r['eval/max_class_share']:>15.3f} | {shown:>17.3f}"
         )

@@ -1,14 +1,16 @@
-"""Sampling from the base diffusion models with diffusers' own schedulers.
+"""Sampling from the base diffusion models with diffusers' own schedulers, and the agents' shared diffusion math.
 
 ``sample(unet, n, sampler="ddim", num_steps=20)`` draws images; ``sampler="ddpm"`` with ``num_steps=1000``
-is the authors' ancestral sampler. The second half is the shared math of the agents: the denoising MDP
-(``sample_trajectory``, ``ddim_step_with_logprob``: per-step Gaussian log-probs, for DDPO / D3PO) and
-PAPA's ELBO weights (``elbo_weights``). Written once here, tested against diffusers.
+is the authors' ancestral sampler. The second half is the math every agent shares, written once here and tested
+against diffusers: the forward process (``q_sample``, ``noise_schedule``), PAPA's ELBO weights (``elbo_weights``),
+the denoising MDP (``sample_trajectory``, ``ddim_step_with_logprob``: per-step Gaussian log-probs, for DDPO /
+D3PO) and EPAPA's denoiser (``SwitchedUNet``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -170,6 +172,7 @@ def sample_many(
     num_steps: int = DEFAULT_NUM_STEPS,
     eta: float = DEFAULT_ETA,
     generator: torch.Generator | None = None,
+    side_by_side: bool = True,
 ) -> list[torch.Tensor]:
     """Draw ``counts[i]`` images from each of several models, the models running side by side.
 
@@ -187,6 +190,7 @@ def sample_many(
         unets: epsilon-prediction models, as for :func:`sample`.
         counts: images per model, each >= 1.
         sampler, num_steps, eta, generator: as for :func:`sample`.
+        side_by_side: False runs the sequential calls (what ``benchmarks.speed --sequential-too`` times).
 
     Returns:
         One (counts[i], C, H, W) float32 tensor in [-1, 1] per model.
@@ -196,7 +200,7 @@ def sample_many(
     if any(n < 1 for n in counts):
         raise ValueError(f"every count must be >= 1, got {list(counts)}")
     threads = torch.get_num_threads()
-    if len(unets) < 2 or threads < len(unets) or not _draws_step_noise(sampler, eta):
+    if not side_by_side or len(unets) < 2 or threads < len(unets) or not _draws_step_noise(sampler, eta):
         kw = dict(sampler=sampler, num_steps=num_steps, eta=eta, generator=generator)
         return [sample(u, n, **kw) for u, n in zip(unets, counts)]
     sched = make_sampling_scheduler(sampler, num_steps)
@@ -239,6 +243,29 @@ def sample_many(
 # --------------------------------------------------------------------------------------------------
 # Denoising as the agent's MDP: per-step Gaussian log-probs (for DDPO / D3PO) and the ELBO weights (PAPA)
 # --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def noise_schedule() -> tuple[torch.Tensor, torch.Tensor]:
+    """(abar_t, w_t) of the shipped models' schedule (:data:`papa_env.models.SCHEDULER_CONFIG`), each (T,) float32:
+    the cumulative alphas and PAPA's ELBO weights (:func:`elbo_weights`). Computed once; do not modify in place."""
+    from papa_env.models import make_scheduler
+
+    sched = make_scheduler()
+    return sched.alphas_cumprod.float(), elbo_weights(sched)
+
+
+def q_sample(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps: the forward process q(x_t | x_0) (DDPM eq. 4).
+
+    The same as ``DDPMScheduler.add_noise`` (tested allclose), without its per-call device and dtype moves.
+
+    Args:
+        x0: (B, C, H, W) clean images; noise: (B, C, H, W) eps ~ N(0, I); t: (B,) int64 timesteps.
+        alphas_cumprod: (T,) abar on ``x0``'s device (e.g. ``noise_schedule()[0]``).
+    """
+    a = alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 def elbo_weights(scheduler) -> torch.Tensor:
@@ -402,6 +429,13 @@ class SwitchedUNet(torch.nn.Module):
             raise ValueError(f"k must be in [0, {SCHEDULER_CONFIG['num_train_timesteps']}), got {k!r}")
         self.tuned, self.base, self.k = tuned, base, int(k)
         self.config = tuned.config
+        self.train(tuned.training)
+
+    def train(self, mode: bool = True) -> SwitchedUNet:
+        """Set the tuned model's mode; the frozen base stays in eval mode whatever :func:`sample` restores."""
+        self.training = mode
+        self.tuned.train(mode)
+        return self
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int):
         from diffusers.models.unets.unet_2d import UNet2DOutput

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from papa_env.errors import BudgetExhaustedError, InvalidQueryError, ResetNeededError
-from papa_env.oracles.base import Oracle, make_oracle
+from papa_env.errors import BudgetExhaustedError, InvalidQueryError, OracleError, ResetNeededError
+from papa_env.oracles.base import Oracle, check_replies, make_oracle, oracle_factory
 from papa_env.oracles.noise import BradleyTerry, Mistakes, Skips, Ties
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -40,11 +40,18 @@ class Privileged:
 
     def utility(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(B,) float32 continuous taste of the user (higher = liked more)."""
-        return self._env.oracle.utility(_as_tensor(images)).numpy()
+        x = _as_tensor(images)
+        return self._env.oracle.checked_utility(x).astype(np.float32)
 
     def likes(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(B,) bool: would a rational version of this user like each image?"""
-        return np.asarray(self._env.oracle.likes(_as_tensor(images)), dtype=bool)
+        x = _as_tensor(images)
+        likes = np.asarray(self._env.oracle.likes(x))
+        if likes.shape != (len(x),):
+            raise OracleError(
+                f"{type(self._env.oracle).__name__}.likes returned shape {likes.shape} for {len(x)} images"
+            )
+        return likes.astype(bool)
 
     def like_rate(self, images: np.ndarray | torch.Tensor) -> float:
         """Share of ``images`` the (rational) user likes."""
@@ -130,9 +137,17 @@ class PreferenceEnv(gym.Env):
     ) -> None:
         if dataset not in ("mnist", "fashion-mnist"):
             raise ValueError(f"unknown dataset {dataset!r}; expected 'mnist' or 'fashion-mnist'")
-        if not isinstance(queries_per_step, int | np.integer) or queries_per_step < 1:
+        if (
+            isinstance(queries_per_step, bool)
+            or not isinstance(queries_per_step, int | np.integer)
+            or queries_per_step < 1
+        ):
             raise ValueError(f"queries_per_step must be an int >= 1, got {queries_per_step!r}")
-        if not isinstance(feedback_budget, int | np.integer) or feedback_budget < queries_per_step:
+        if (
+            isinstance(feedback_budget, bool)
+            or not isinstance(feedback_budget, int | np.integer)
+            or feedback_budget < queries_per_step
+        ):
             raise ValueError(
                 f"feedback_budget must be an int >= queries_per_step ({queries_per_step}), got {feedback_budget!r}"
             )
@@ -153,9 +168,17 @@ class PreferenceEnv(gym.Env):
         self.mode = mode
         self.render_mode = render_mode
 
-        if not isinstance(oracle, Oracle) and "dataset" not in oracle_kwargs and _accepts_dataset(oracle):
-            oracle_kwargs["dataset"] = dataset
+        preference = _MISSING
+        if not isinstance(oracle, Oracle):
+            factory = oracle_factory(oracle)
+            if "dataset" not in oracle_kwargs and _accepts(factory, "dataset"):
+                oracle_kwargs["dataset"] = dataset
+            if "preference" in oracle_kwargs and not _accepts(factory, "preference"):
+                preference = oracle_kwargs.pop("preference")  # given to set_preference below
+            oracle = factory
         user = make_oracle(oracle, **oracle_kwargs)
+        if preference is not _MISSING:
+            user.set_preference(preference)
         if skip_margin is not None:
             user = Skips(user, skip_margin)
         if tie_margin is not None:
@@ -198,6 +221,31 @@ class PreferenceEnv(gym.Env):
             "replies_spent": self.replies_spent,
         }
 
+    def get_state(self) -> dict[str, Any]:
+        """What a resumed session restores (with :meth:`set_state`): replies spent and the random state of the
+        user's noise. JSON-able."""
+        return {
+            "replies_spent": self.replies_spent,
+            "np_random": self.np_random.bit_generator.state,
+            "needs_reset": self._needs_reset,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`. ValueError if ``state`` does not fit this env (nothing is changed)."""
+        try:
+            spent, rng, needs_reset = int(state["replies_spent"]), state["np_random"], bool(state["needs_reset"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a PreferenceEnv state (expected the keys of get_state()): {err!r}") from None
+        if not 0 <= spent <= self.feedback_budget or spent % self.queries_per_step:
+            raise ValueError(f"replies_spent {spent} does not fit a budget of {self.feedback_budget}")
+        generator = np.random.Generator(type(self.np_random.bit_generator)())
+        try:
+            generator.bit_generator.state = rng
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"not a PreferenceEnv state: its np_random state does not fit ({err!r})") from None
+        self._np_random = generator
+        self.replies_spent, self._needs_reset = spent, needs_reset
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
@@ -214,7 +262,11 @@ class PreferenceEnv(gym.Env):
         """Check an action and return it as a float32 tensor; raises InvalidQueryError (nothing is spent)."""
         expected = f"{self.action_space.shape} floats in [-1, 1]"
         if isinstance(action, torch.Tensor):
-            action = action.detach().cpu().numpy()
+            if not action.is_floating_point():
+                raise InvalidQueryError(
+                    f"action dtype must be floating (float32), got {action.dtype}; expected {expected}"
+                )
+            action = action.detach().cpu().float().numpy()  # bfloat16 and half have no numpy dtype of their own
         if not isinstance(action, np.ndarray):
             raise InvalidQueryError(
                 f"action must be a numpy array or torch tensor, got {type(action).__name__}; expected {expected}"
@@ -239,10 +291,16 @@ class PreferenceEnv(gym.Env):
         if self.replies_left <= 0:
             raise BudgetExhaustedError(f"the feedback budget ({self.feedback_budget} replies) is spent; call reset()")
         images = self.validate_action(action)
-        if self.mode == "binary":
-            replies = np.asarray(self.oracle.reply(images, self.np_random), dtype=np.int8)
-        else:
-            replies = np.asarray(self.oracle.compare(images[:, 0], images[:, 1], self.np_random), dtype=np.int8)
+        rng_state = self.np_random.bit_generator.state
+        try:
+            if self.mode == "binary":
+                raw = self.oracle.reply(images, self.np_random)
+            else:
+                raw = self.oracle.compare(images[:, 0], images[:, 1], self.np_random)
+            replies = check_replies(raw, self.queries_per_step, self.oracle)
+        except OracleError:
+            self.np_random.bit_generator.state = rng_state  # nothing spent, nothing drawn
+            raise
         self.replies_spent += self.queries_per_step
         self._last_queries, self._last_replies = images.numpy(), replies
         truncated = self.replies_left <= 0
@@ -297,14 +355,13 @@ def _tile(tiles: list[np.ndarray], per_row: int, gap: int = 2) -> np.ndarray:
     return out
 
 
-def _accepts_dataset(oracle: Any) -> bool:
-    if isinstance(oracle, str):
-        from papa_env.oracles.base import _REGISTRY
+_MISSING = object()
 
-        oracle = _REGISTRY.get(oracle)
-        if oracle is None:
-            return False
+
+def _accepts(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (an oracle class or function) takes a keyword argument ``name``."""
     try:
-        return "dataset" in inspect.signature(oracle).parameters
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -1,4 +1,7 @@
-"""papa-env's errors: each is also the built-in a caller would expect (ValueError, RuntimeError, ...)."""
+"""papa-env's errors: each is also the built-in a caller would expect (ValueError, RuntimeError, ...).
+
+Everything here is raised *before* a reply is spent or anything is written, unless its docstring says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,11 @@ class InvalidQueryError(PapaEnvError, InvalidAction, ValueError):
     """
 
 
+class OracleError(PapaEnvError, ValueError):
+    """A user (oracle) answered something the env cannot use: wrong shape, NaN / inf utilities, replies outside
+    {-1, 0, +1}. Raised before the step spends any budget or anything is persisted; the oracle is at fault."""
+
+
 class BudgetExhaustedError(PapaEnvError, RuntimeError):
     """``step`` was called after the session's feedback budget was spent; call ``reset()``."""
 
@@ -25,7 +33,13 @@ class ResetNeededError(PapaEnvError, ResetNeeded, RuntimeError):
 
 
 class RunMismatchError(PapaEnvError, ValueError):
-    """A run folder is resumed with a different agent, agent config, env, seed or budget than it was started with.
+    """A run folder is resumed with a different agent, agent config, user, env, seed, budget or evaluation than it
+    was started with.
 
     Raised before anything in the folder is touched: start a new folder, or resume with the settings it names.
     """
+
+
+class RunCorruptedError(PapaEnvError, ValueError):
+    """A run folder (or a checkpoint file) is damaged or not papa-env's: a truncated, reordered or edited reply
+    journal, a checkpoint that fails its checksum, a pickle. Raised before anything is learned or written."""

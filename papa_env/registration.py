@@ -24,4 +24,5 @@ ENV_IDS = {
 def register_envs() -> None:
     for env_id, kwargs in ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs)
+            # order_enforce=False: the env raises its own ResetNeededError (a gymnasium ResetNeeded too)
+            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs, order_enforce=False)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -46,11 +50,53 @@ def test_sample_writes_a_grid(tmp_path, tiny_unet) -> None:
     [
         (["sample", "--model", "nope"], "--model must be"),
         (["sample", "--n", "0"], "--n must be"),
+        (["sample", "--model", "missing.safetensors"], "no weights file"),
+        (["demo", "--budget", "0"], "--budget must be a positive multiple of 10"),
+        (["demo", "--budget", "25"], "--budget must be a positive multiple of 10"),
+        (["demo", "--budget", "-10"], "--budget must be a positive multiple of 10"),
+        (["run", "--budget", "15"], "--budget must be a positive multiple of 10"),
+        (["run", "--lr", "-1", "--budget", "10"], "invalid PAPAConfig: lr must be > 0"),
+        (["run", "--preference", "[1, 4", "--budget", "10"], "--preference must be JSON"),
+        (["demo", "--threads", "0"], "--threads must be >= 1"),
     ],
 )
-def test_sample_bad_input(argv, match) -> None:
-    with pytest.raises(SystemExit, match=match):
-        main(argv)
+def test_user_errors_are_one_line_on_stderr_and_exit_code_2(argv, match, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    assert main(["demo", "--out", str(file), "--budget", "10"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root can write anywhere: nothing to check then
+        assert main(["demo", "--out", str(locked / "run"), "--budget", "10"]) == 2
+        assert "cannot write" in capsys.readouterr().err
+
+
+def test_unknown_preset_is_argparses_error(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--preset", "nope"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_run_overrides_only_the_given_fields_of_the_preset(tmp_path, capsys) -> None:
+    from papa_env.agents.papa import PRESETS
+
+    log = tmp_path / "log.jsonl"
+    argv = ["run", "--preset", "epapa", "--lr", "2e-4", "--dislike-margin", "None", "--preference", "[0, 3]"]
+    argv += ["--budget", "10", "--eval-every", "10", "--eval-samples", "10", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--log", str(log), "--seed", "3"]) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    expected = {**dataclasses.asdict(PRESETS["epapa"]), "lr": 2e-4, "dislike_margin": None, "seed": 3}
+    assert config["agent_config"] == expected and config["preference"] == "(0, 3)"
+    summary = json.loads(log.read_text())
+    assert summary["replies"] == [0, 10] and summary["seed"] == 3 and set(summary["liked_shares_end"]) == {"0", "3"}
+    assert "like-rate (judge)" in capsys.readouterr().out
 
 
 def test_grid_array_layout() -> None:

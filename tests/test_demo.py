@@ -21,10 +21,10 @@ def test_demo_runs_a_short_session_and_writes_its_files(tmp_path, capsys) -> Non
     ):
         assert (tmp_path / "demo" / name).exists(), name
     config = json.loads((tmp_path / "demo" / "config.json").read_text())["agent_config"]
-    assert config["k"] == 300 and config["base_queries"] == 5  # the default: the epapa-mixed-avg preset
+    assert config["k"] == 300 and config["base_queries"] == 5  # the default: the epapa preset
     assert config["ema_decay"] == 0.95 and config["ema_start"] == 30
     out = capsys.readouterr().out
-    assert "epapa-mixed-avg preset" in out and "like-rate (judge)" in out and "max class share" in out
+    assert "epapa preset" in out and "like-rate (judge)" in out and "max class share" in out
 
 
 def test_readme_plug_in_example_runs() -> None:

@@ -8,38 +8,18 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from helpers import Bright
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from papa_env.oracles import Mistakes, Oracle, register_oracle
 
 import papa_env
 from papa_env.env import FRAME_COLORS, PreferenceEnv
 from papa_env.errors import BudgetExhaustedError, InvalidQueryError, ResetNeededError
+from papa_env.oracles import Mistakes, register_oracle
 
 # ------------------------------------------------------------------------------------------------
 # a cheap user for the mechanics: likes images brighter than average
-
-
-class Bright(Oracle):
-    threshold = 0.0
-
-    def __init__(self, preference: str = "bright") -> None:
-        self._pref = preference
-        self.set_preference(preference)
-
-    @property
-    def preference(self) -> str:
-        return self._pref
-
-    def set_preference(self, preference: str) -> None:
-        if preference not in ("bright", "dark"):
-            raise ValueError(f"preference must be 'bright' or 'dark', got {preference!r}")
-        self._pref = preference
-
-    def utility(self, images: torch.Tensor) -> torch.Tensor:
-        m = images.mean((1, 2, 3))
-        return m if self._pref == "bright" else -m
 
 
 def _images(values, k: int = 10) -> np.ndarray:

@@ -7,6 +7,7 @@ import signal
 import pytest
 import torch
 
+from papa_env.checkpoint import load_state
 from papa_env.diffusion import sample
 from papa_env.models import UserCNN, load_model
 from papa_env.pretrain import ClassifierTrainConfig, DDPMTrainConfig, train_classifier, train_ddpm
@@ -77,15 +78,21 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, exc, resumes
         with pytest.raises(KeyboardInterrupt if exc is _Sigterm else exc):
             train_ddpm(_cfg(b, 20))
     # Ctrl-C checkpoints where it stands; a crash leaves the last periodic checkpoint (step 10)
-    assert torch.load(b / "checkpoint.pt", weights_only=False)["step"] == resumes_from
+    assert load_state(b / "checkpoint.safetensors")["step"] == resumes_from
     train_ddpm(_cfg(b, 20))  # the same command again resumes
-    ca, cb = torch.load(a / "checkpoint.pt", weights_only=False), torch.load(b / "checkpoint.pt", weights_only=False)
+    ca, cb = load_state(a / "checkpoint.safetensors"), load_state(b / "checkpoint.safetensors")
     assert ca["step"] == cb["step"] == 20
     for k in ca["unet"]:
         assert torch.allclose(ca["unet"][k], cb["unet"][k], atol=1e-6), k
     la, lb = _log(a), _log(b)
     assert [r["step"] for r in la] == [r["step"] for r in lb] == [5, 10, 15, 20]
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-5)
+
+
+def test_an_old_pickle_checkpoint_is_refused_not_loaded(tmp_path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="pickle"):
+        train_ddpm(_cfg(tmp_path, 2))
 
 
 def test_tiny_classifier_learns(tmp_path) -> None:
@@ -109,7 +116,7 @@ def test_ddpm_config_errors_are_clear_and_early(tmp_path, cfg, match) -> None:
     cfg.out = str(tmp_path / "out")
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         train_ddpm(cfg)
-    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+    assert not (tmp_path / "out" / "checkpoint.safetensors").exists()
 
 
 def test_classifier_config_errors(tmp_path) -> None:
@@ -125,7 +132,7 @@ def test_ddpm_trainer_rejects_a_device_it_cannot_use(tmp_path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             train_ddpm(replace(_cfg(tmp_path, 2), device="cuda"))
-    assert not (tmp_path / "checkpoint.pt").exists()  # refused before anything was written
+    assert not (tmp_path / "checkpoint.safetensors").exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,124 @@
+"""Privileged evaluation of a session: what the user and an independent judge think of fresh samples.
+
+Nothing here spends budget or is seen by the agent (:class:`papa_env.env.Privileged`). :func:`papa_env.session.
+run_session` calls an :class:`Evaluator` before the first interaction and every ``eval_every`` replies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from papa_env.metrics import embed, frechet_distance, judge
+
+
+class Evaluator:
+    """Privileged metrics of an agent's current samples (no budget spent).
+
+    * ``eval/like_rate_oracle``: share of samples the (rational) user likes;
+    * ``eval/like_rate_judge``: share the independent judge classifies into a liked class (classifier users);
+    * ``eval/class_share/<c>`` and ``eval/max_class_share``: the judge's class shares (collapse check);
+    * ``eval/judge_confidence``: mean max-softmax of the judge (sample quality);
+    * ``eval/fd_to_base``: Frechet distance, in the judge's features, to the agent's samples before learning.
+
+    Args:
+        env: the (possibly wrapped) PreferenceEnv.
+        n: samples per evaluation.
+        seed: the samples of every evaluation start from the same noise (comparable across time).
+    """
+
+    def __init__(self, env, n: int = 200, seed: int = 12345) -> None:
+        from papa_env.models import load_pretrained
+
+        if n < 2:
+            raise ValueError(f"an evaluation needs n >= 2 samples, got {n!r}")
+        self.env = env.unwrapped
+        self.n, self.seed = int(n), int(seed)
+        self.judge = load_pretrained(f"{self.env.dataset}-judge")
+        self.base_features: np.ndarray | None = None  # judge features of the samples before learning
+
+    def settings(self) -> dict[str, Any]:
+        """What makes two evaluations comparable (recorded in a run folder's config)."""
+        return {"evaluator": type(self).__name__, "samples": self.n, "seed": self.seed}
+
+    def set_base(self, base_samples: torch.Tensor) -> None:
+        """The samples before learning (B, 1, 28, 28) in [-1, 1]: the reference of ``eval/fd_to_base``."""
+        self.base_features = embed(self.judge, base_samples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_features": self.base_features}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_features = state.get("base_features")
+
+    def __call__(self, agent) -> tuple[dict[str, float], torch.Tensor]:
+        images = agent.generate(self.n, torch.Generator().manual_seed(self.seed))
+        rep = judge(self.judge, images)
+        out = {
+            "eval/like_rate_oracle": self.env.privileged.like_rate(images),
+            "eval/judge_confidence": float(rep.confidence.mean()),
+            "eval/max_class_share": float(rep.class_shares.max()),
+        }
+        liked = liked_classes(self.env)
+        if liked is not None:  # the judge can say "liked" only for a taste made of classes
+            out["eval/like_rate_judge"] = float(torch.isin(rep.labels, torch.tensor(liked)).float().mean())
+        for c, s in enumerate(rep.class_shares):
+            out[f"eval/class_share/{c}"] = float(s)
+        if self.base_features is not None:
+            out["eval/fd_to_base"] = frechet_distance(embed(self.judge, images), self.base_features)
+        return out, images
+
+
+def liked_classes(env) -> tuple[int, ...] | None:
+    """The liked classes of a classifier user (its noise wrappers looked through); None for other users."""
+    from papa_env.oracles import ClassifierOracle
+
+    user = env.unwrapped.oracle.unwrapped
+    return tuple(user.preference) if isinstance(user, ClassifierOracle) else None
+
+
+def collapse_report(records: list[dict], max_share: float = 0.6, tolerance: float = 0.05) -> list[str]:
+    """Signs of collapse in a session's evaluations (empty list: none).
+
+    A session collapses when, at any evaluation, one class holds more than ``max_share`` of the samples, or
+    the judge's like-rate (the user's, for users without a judge) falls more than ``tolerance`` below the best
+    it reached before.
+    """
+    problems = []
+    key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
+    best = -1.0
+    for r in records:
+        if r.get("eval/max_class_share", 0.0) > max_share:
+            problems.append(f"{r['replies']} replies: one class holds {r['eval/max_class_share']:.0%} of samples")
+        if r[key] < best - tolerance:
+            problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
+        best = max(best, r[key])
+    return problems
+
+
+def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """A session's evaluations in one line: like-rate at each evaluation (the judge's where the taste is made of
+    classes, else the user's), judge confidence before -> after, the largest class share at any evaluation, each
+    liked class's share at the end, seconds per interaction, update rows and any collapse."""
+    key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
+    liked_shares = {str(c): round(records[-1][f"eval/class_share/{c}"], 3) for c in liked or ()}
+    secs = [r["charts/seconds_per_interaction"] for r in records if "charts/seconds_per_interaction" in r]
+    return {
+        "metric": key.removeprefix("eval/"),
+        "replies": [r["replies"] for r in records],
+        "like_rate": [round(r[key], 3) for r in records],
+        "user_like_rate": [round(r["eval/like_rate_oracle"], 3) for r in records],
+        "judge_confidence": [
+            round(records[0]["eval/judge_confidence"], 3),
+            round(records[-1]["eval/judge_confidence"], 3),
+        ],
+        "max_class_share_any": round(max(r["eval/max_class_share"] for r in records), 3),
+        "liked_shares_end": liked_shares,
+        "min_liked_share_end": min(liked_shares.values(), default=None),
+        "shown_like_rate": records[-1].get("session/shown_like_rate"),
+        "seconds_per_interaction": round(float(np.mean(secs)), 2) if secs else None,
+        "update_rows_per_interaction": records[-1].get("compute/rows"),
+        "collapse": collapse_report(records),
+    }

@@ -1,0 +1,61 @@
+"""agents/ddpo.py and what DDPO and D3PO share (agents/trajectory.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from papa_env.agents.d3po import D3PO, D3POConfig
+from papa_env.agents.ddpo import DDPO, DDPOConfig, advantages_from_replies, ddpo_loss
+from papa_env.diffusion import trajectory_log_probs
+
+
+def test_ddpo_loss_hand_computed() -> None:
+    log_prob = torch.full((2,), math.log(1.5))
+    loss, stats = ddpo_loss(log_prob, torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.2)
+    # A = +1: max(-1.5, -1.2) = -1.2; A = -1: max(1.5, 1.2) = 1.5; mean 0.15
+    assert loss.item() == pytest.approx(0.15)
+    assert stats["clipfrac"] == 1.0 and stats["approx_kl"] == pytest.approx(0.5 * math.log(1.5) ** 2)
+
+
+def test_ddpo_advantages() -> None:
+    adv = advantages_from_replies(np.array([1, 1, -1, -1]))
+    assert adv.tolist() == pytest.approx([1, 1, -1, -1])
+    assert advantages_from_replies(np.array([1, 1, 1])).abs().sum() == 0
+    assert advantages_from_replies(np.array([1] * 99 + [-1]), adv_clip_max=5.0).min() == -5.0
+
+
+def test_ddpo_ratio_is_one_on_the_first_inner_step_and_learning_moves_the_model(tiny_unet) -> None:
+    agent = DDPO(tiny_unet, DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3))
+    queries = agent.propose(torch.Generator().manual_seed(0))
+    traj = agent._traj
+    for j in range(4):
+        ratio = torch.exp(trajectory_log_probs(agent.unet, traj, j) - traj.log_probs[j])
+        assert torch.allclose(ratio, torch.ones(4), atol=1e-5)
+    before = [p.detach().clone() for p in agent.unet.parameters()]
+    stats = agent.learn(queries, np.array([1, -1, 1, -1]))
+    assert stats["charts/clipfrac"] == 0.0 and stats["losses/policy"] == pytest.approx(0.0, abs=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
+    with pytest.raises(ValueError, match="propose"):
+        agent.learn(np.zeros_like(queries), np.array([1, -1, 1, -1]))
+
+
+@pytest.mark.parametrize("cls", [DDPO, D3PO])
+def test_restored_proposal_learns_exactly_like_the_original(tiny_unet, cls) -> None:
+    cfg = (DDPOConfig if cls is DDPO else D3POConfig)(queries_per_step=2, num_sampling_steps=4, lr=1e-3)
+    a, b = cls(tiny_unet, cfg), cls(tiny_unet, cfg)
+    queries = a.propose(torch.Generator().manual_seed(3))
+    b.restore_proposal(a.proposal_state())
+    replies = np.array([1, -1])
+    a.learn(queries, replies)
+    b.learn(queries, replies)
+    assert all(torch.allclose(x, y) for x, y in zip(a.unet.parameters(), b.unet.parameters()))
+
+
+@pytest.mark.parametrize(("cls", "cfg"), [(DDPO, DDPOConfig(eta=0.0)), (D3PO, D3POConfig(eps=1.5))])
+def test_bad_configs(tiny_unet, cls, cfg) -> None:
+    with pytest.raises(ValueError):
+        cls(tiny_unet, cfg)

@@ -1,0 +1,138 @@
+"""papa_env/session.py: the loop persists before learning, resumes exactly, refuses other settings, any agent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import ToyEval, bright_env
+
+from papa_env.agents.ddpo import DDPO, DDPOConfig
+from papa_env.agents.papa import PAPA, PAPAConfig
+from papa_env.checkpoint import load_state
+from papa_env.errors import RunMismatchError
+from papa_env.session import Agent, run_session
+
+
+def _agent(tiny_unet, **kw) -> PAPA:
+    cfg = PAPAConfig(lr=3e-3, batch_size=10, timesteps_per_image=16, num_sampling_steps=8, **kw)
+    return PAPA(tiny_unet, cfg)
+
+
+def _replies(run) -> list:
+    return [json.loads(line)["replies"] for line in (run / "replies.jsonl").read_text().splitlines()]
+
+
+def test_agents_satisfy_the_protocol_without_inheriting_it(tiny_unet) -> None:
+    assert isinstance(_agent(tiny_unet), Agent) and isinstance(DDPO(tiny_unet), Agent)
+    assert not isinstance(object(), Agent)
+
+
+def test_resume_after_interruption_reproduces_the_run(tiny_unet, tmp_path) -> None:
+    straight = tmp_path / "straight"
+    run_session(_agent(tiny_unet), bright_env(60), straight, eval_every=0, progress=False)
+    interrupted = tmp_path / "interrupted"
+    run_session(_agent(tiny_unet), bright_env(60), interrupted, eval_every=0, progress=False, stop_after_steps=2)
+    # a kill after the step-3 replies were persisted but before the agent learned from them:
+    lines = (straight / "replies.jsonl").read_text().splitlines()
+    (interrupted / "replies.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (interrupted / "queries" / "step_0003.npz").write_bytes((straight / "queries" / "step_0003.npz").read_bytes())
+    run_session(_agent(tiny_unet), bright_env(60), interrupted, eval_every=0, progress=False)
+    assert _replies(straight) == _replies(interrupted) and len(_replies(straight)) == 6
+    a = load_state(straight / "checkpoint.safetensors")["agent"]["unet"]
+    b = load_state(interrupted / "checkpoint.safetensors")["agent"]["unet"]
+    assert all(torch.equal(a[key], b[key]) for key in a)  # bit for bit (the tests run on few threads)
+    assert (straight / "model.safetensors").read_bytes() == (interrupted / "model.safetensors").read_bytes()
+
+
+def test_resuming_with_other_settings_is_refused_before_touching_the_folder(tiny_unet, tmp_path) -> None:
+    run = tmp_path / "run"
+    run_session(_agent(tiny_unet), bright_env(60), run, eval_every=0, progress=False, stop_after_steps=2)
+
+    def files() -> dict:
+        return {f.relative_to(run): f.read_bytes() for f in run.rglob("*") if f.is_file()}
+
+    before = files()
+    cases = [
+        (dict(agent=_agent(tiny_unet, pref_coef=0.2)), r"agent_config.pref_coef: 0.1 -> 0.2.*new run folder"),
+        (dict(env=bright_env(50)), r"feedback_budget: 60 -> 50"),
+        (dict(env=bright_env(60, threshold=0.1)), r"oracle: "),
+        (dict(env=bright_env(60, mistake_rate=0.3)), r'oracle: "Bright.*-> "Mistakes.*eps=0.3'),
+        (dict(env=bright_env(60, skip_margin=0.2)), r"oracle: "),
+        (dict(seed=1), r"seed: 0 -> 1"),
+        (dict(eval_every=20, evaluator=ToyEval(bright_env(60))), r"eval_every: 0 -> 20"),
+    ]
+    for kwargs, match in cases:
+        call = dict(agent=_agent(tiny_unet), env=bright_env(60), eval_every=0, progress=False) | kwargs
+        with pytest.raises(RunMismatchError, match=match):
+            run_session(run_dir=run, **call)
+    assert files() == before  # nothing was touched
+    # a folder started before a config field existed resumes if the field holds its default
+    config = json.loads((run / "config.json").read_text())
+    del config["agent_config"]["base_queries"]
+    (run / "config.json").write_text(json.dumps(config))
+    records = run_session(_agent(tiny_unet), bright_env(60), run, eval_every=0, progress=False)
+    assert len(_replies(run)) == 6 and records == []
+    with pytest.raises(RunMismatchError, match="base_queries: 0 -> 2"):
+        run_session(_agent(tiny_unet, base_queries=2), bright_env(60), run, eval_every=0, progress=False)
+
+
+class _KilledAt(ToyEval):
+    """An evaluator whose ``n``-th call dies (as a kill would) after the update before it was checkpointed."""
+
+    def __init__(self, env, n: int) -> None:
+        super().__init__(env)
+        self.calls, self.kill_at = 0, n
+
+    def __call__(self, agent):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise KeyboardInterrupt
+        return super().__call__(agent)
+
+
+def test_a_run_killed_during_an_evaluation_redoes_it_on_resume(tiny_unet, tmp_path) -> None:
+    straight = run_session(_agent(tiny_unet), bright_env(60), tmp_path / "a", eval_every=20,
+                           evaluator=ToyEval(bright_env(60)), progress=False)  # fmt: skip
+    assert [r["replies"] for r in straight] == [0, 20, 40, 60]
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):  # the evaluation at 40 replies dies
+        run_session(_agent(tiny_unet), bright_env(60), run, eval_every=20,
+                    evaluator=_KilledAt(bright_env(60), 3), progress=False)  # fmt: skip
+    resumed = run_session(_agent(tiny_unet), bright_env(60), run, eval_every=20,
+                          evaluator=ToyEval(bright_env(60)), progress=False)  # fmt: skip
+    assert [r["replies"] for r in resumed] == [0, 20, 40, 60]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["replies"] for r in lines] == [0, 20, 40, 60]  # the lost one logged once, late, in order
+    for a, b in zip(straight, resumed):
+        assert a["eval/like_rate_oracle"] == b["eval/like_rate_oracle"]  # the same run, evaluated late
+    # a finished run read again evaluates nothing more
+    again = run_session(_agent(tiny_unet), bright_env(60), run, eval_every=20,
+                        evaluator=_KilledAt(bright_env(60), 1), progress=False)  # fmt: skip
+    assert again == resumed
+
+
+def test_in_session_like_rate_is_the_liked_share_of_everything_shown(tiny_unet, tmp_path) -> None:
+    records = run_session(_agent(tiny_unet), bright_env(40), tmp_path, eval_every=20,
+                          evaluator=ToyEval(bright_env(40)), progress=False)  # fmt: skip
+    replies = np.array(_replies(tmp_path))
+    assert "session/shown_like_rate" not in records[0]  # nothing shown yet
+    assert records[1]["session/shown_like_rate"] == pytest.approx((replies[:2] == 1).mean())
+    assert records[2]["session/shown_like_rate"] == pytest.approx((replies == 1).mean())
+
+
+def test_a_session_persists_the_proposal_a_resume_needs(tiny_unet, tmp_path) -> None:
+    """Each reply batch's npz carries the sampled trajectory, so a resume can learn a persisted batch."""
+    cfg = DDPOConfig(queries_per_step=2, num_sampling_steps=3, lr=1e-3)
+    run_session(DDPO(tiny_unet, cfg), bright_env(4, k=2), tmp_path, eval_every=0, progress=False, stop_after_steps=1)
+    data = np.load(tmp_path / "queries" / "step_0001.npz")
+    state = {k.removeprefix("proposal/"): data[k] for k in data.files if k.startswith("proposal/")}
+    assert state, data.files
+    DDPO(tiny_unet, cfg).restore_proposal(state)  # what a resume does with a persisted, unlearned batch
+
+
+def test_bad_eval_every_is_refused(tiny_unet) -> None:
+    with pytest.raises(ValueError, match="eval_every"):
+        run_session(_agent(tiny_unet), bright_env(20), eval_every=-5, progress=False)
