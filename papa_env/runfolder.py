@@ -97,8 +97,12 @@ class RunFolder:
             "queries": name,
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        with (self.path / JOURNAL).open("ab") as f:
-            f.write((json.dumps(line) + "\n").encode())
+        self._append_line(JOURNAL, json.dumps(line) + "\n")
+
+    def _append_line(self, name: str, text: str) -> None:
+        """Append ``text`` (one line) to the file ``name`` and fsync it."""
+        with (self.path / name).open("ab") as f:
+            f.write(text.encode())
             f.flush()
             os.fsync(f.fileno())
 
@@ -179,7 +183,10 @@ class RunFolder:
         """The arrays persisted with a journal line (checked against its checksum)."""
         file = self.path / line["queries"]
         self._check_queries_file(self.path / JOURNAL, line["step"], line["queries"], line["sha256"])
-        return self.load_step_file(file)
+        data = self.load_step_file(file)
+        if "replies" not in data or data["replies"].tolist() != line["replies"]:
+            raise RunCorruptedError(f"{self.path / JOURNAL}:{line['step']}: its replies differ from those in {file}")
+        return data
 
     @staticmethod
     def load_step_file(file: Path) -> dict[str, np.ndarray]:
@@ -233,10 +240,7 @@ class RunFolder:
         write_atomic(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in records).encode())
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._append_line(METRICS, json.dumps(record) + "\n")
 
 
 def _differences(saved: Any, current: Any, where: str, agent_defaults: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from papa_env.checkpoint import write_atomic
+from papa_env.errors import RunCorruptedError
 from papa_env.evaluation import Evaluator
 from papa_env.runfolder import RunFolder
 
@@ -136,6 +137,9 @@ class _Run:
         self.eval_every = 0
         self.step, self.records, self.shown = 0, [], _Shown()
         self.gen = torch.Generator()
+        # what the next evaluation record carries besides its metrics: the last update's stats and reply reward,
+        # and the seconds of each interaction since the last evaluation (checkpointed: a late evaluation has them)
+        self.since_eval: dict[str, Any] = {"samples": [], "learns": [], "stats": {}}
 
     def start(self, seed: int, eval_every: int) -> None:
         """Reset, then resume the folder's session or start one (its evaluation before any reply, a checkpoint)."""
@@ -149,6 +153,8 @@ class _Run:
                 self.resume()
             self.folder.write_config(config)
         if self.step == 0 and not self.records:
+            if self.folder is not None:
+                self.folder.write_metrics([])  # a fresh start: nothing from an attempt killed before its checkpoint
             if self.evaluator is not None:
                 metrics, images = self.evaluator(self.agent)
                 if hasattr(self.evaluator, "set_base"):
@@ -157,19 +163,17 @@ class _Run:
                 self.record(metrics, images, {})
             self.checkpoint()  # the state before any reply: a folder with a journal and no checkpoint is damaged
         elif self.step > 0 and self.evaluation_due() and self.records[-1]["replies"] != self.step * self.k:
-            self.record(*self.evaluator(self.agent), {})  # killed between the update and its evaluation
-            self.checkpoint()
+            self.evaluate()  # killed between the update and its evaluation
 
     def loop(self, progress: bool, stop_after_steps: int | None) -> None:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.steps_total, initial=self.step, desc=f"{self.agent.name} session", disable=not progress)
         done_here = 0
-        t_samples, t_learns = [], []  # seconds of each interaction since the last evaluation
         while self.step < self.steps_total and (stop_after_steps is None or done_here < stop_after_steps):
             t0 = time.perf_counter()
             queries = self.agent.propose(self.gen)
-            t_samples.append(time.perf_counter() - t0)
+            t_sample = time.perf_counter() - t0
             _, reward, _, _, info = self.env.step(queries)
             replies = np.asarray(info["replies"], dtype=np.int8)
             self.step += 1
@@ -177,24 +181,31 @@ class _Run:
             self.shown.add(replies, self.base_env.mode)
             t1 = time.perf_counter()
             stats = self.agent.learn(queries, replies)
-            t_learns.append(time.perf_counter() - t1)
+            t_learn = time.perf_counter() - t1
+            self.since_eval["samples"].append(t_sample)
+            self.since_eval["learns"].append(t_learn)
+            self.since_eval["stats"] = {"charts/reward": float(reward), **stats}
             self.checkpoint()
             bar.update(1)
-            bar.set_postfix(like=f"{(replies == 1).mean():.2f}", s=f"{t_samples[-1] + t_learns[-1]:.1f}")
+            bar.set_postfix(like=f"{(replies == 1).mean():.2f}", s=f"{t_sample + t_learn:.1f}")
             if self.evaluation_due():
-                timing = {
-                    "charts/reward": reward,
-                    "charts/seconds_sample": float(np.mean(t_samples)),
-                    "charts/seconds_learn": float(np.mean(t_learns)),
-                    "charts/seconds_per_interaction": float(np.mean(t_samples) + np.mean(t_learns)),
-                }
-                self.record(*self.evaluator(self.agent), {**timing, **stats})
-                t_samples, t_learns = [], []
-                self.checkpoint()
+                self.evaluate()
             done_here += 1
         bar.close()
         if self.folder is not None and self.step == self.steps_total:
             _finish(self.folder.path, self.agent, self.records)
+
+    def evaluate(self) -> None:
+        """The evaluation after the current interaction's update, with its stats and timing; then a checkpoint."""
+        samples, learns = self.since_eval["samples"], self.since_eval["learns"]
+        timing = {
+            "charts/seconds_sample": float(np.mean(samples)),
+            "charts/seconds_learn": float(np.mean(learns)),
+            "charts/seconds_per_interaction": float(np.mean(samples) + np.mean(learns)),
+        } if samples else {}  # fmt: skip
+        self.record(*self.evaluator(self.agent), {**self.since_eval["stats"], **timing})
+        self.since_eval = {"samples": [], "learns": [], "stats": {}}
+        self.checkpoint()
 
     def evaluation_due(self) -> bool:
         """Whether an evaluation follows the current interaction's update."""
@@ -221,6 +232,7 @@ class _Run:
             "generator": self.gen.get_state(),
             "env": self.base_env.get_state(),
             "records": self.records,
+            "since_eval": self.since_eval,
             "evaluator": self.evaluator.state_dict() if hasattr(self.evaluator, "state_dict") else {},
         }
         self.folder.save_checkpoint(state, learned=self.step)
@@ -241,22 +253,27 @@ class _Run:
         state = folder.load_checkpoint(lines)
         if state is None:
             return
-        folder.repair_journal(lines)
-        self.agent.load_state_dict(state["agent"])
-        self.gen.set_state(state["generator"])
-        self.base_env.set_state(state["env"])
-        if hasattr(self.evaluator, "load_state_dict"):
-            self.evaluator.load_state_dict(state.get("evaluator", {}))
-        self.step, self.records = state["learned"], state["records"]
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.gen.set_state(state["generator"])
+            self.base_env.set_state(state["env"])
+            if hasattr(self.evaluator, "load_state_dict"):
+                self.evaluator.load_state_dict(state.get("evaluator", {}))
+            self.step, self.records = state["learned"], list(state["records"])
+            self.since_eval = state["since_eval"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise RunCorruptedError(f"{folder.checkpoint} does not fit this session's agent or env: {err!r}") from None
         for line in lines[: self.step]:
             self.shown.add(np.asarray(line["replies"]), mode)
         pending = lines[self.step :]
-        for line in pending:
-            data = folder.load_step(line)
+        pending_data = [folder.load_step(line) for line in pending]  # every one checked before any is learned
+        folder.repair_journal(lines)
+        for line, data in zip(pending, pending_data):
             restore = getattr(self.agent, "restore_proposal", None)
             if restore is not None:
                 restore({key.removeprefix("proposal/"): v for key, v in data.items() if key.startswith("proposal/")})
-            self.agent.learn(data["queries"], data["replies"])
+            stats = self.agent.learn(data["queries"], data["replies"])
+            self.since_eval["stats"] = {"charts/reward": float(np.mean(data["replies"])), **stats}
             self.shown.add(data["replies"], mode)
             self.gen.set_state(torch.from_numpy(data["generator"]))
             self.base_env.set_state(json.loads(str(data["env_state"])))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import papa_env
+from benchmarks.faults import BROKEN_USERS, broken_user
 from papa_env.env import FRAME_COLORS, PreferenceEnv
 from papa_env.errors import BudgetExhaustedError, InvalidQueryError, ResetNeededError
 from papa_env.oracles import Mistakes, register_oracle
@@ -167,6 +168,8 @@ def test_step_or_render_before_reset() -> None:
         (dict(queries_per_step=0), "queries_per_step"),
         (dict(feedback_budget=25), "multiple"),
         (dict(feedback_budget=5), "feedback_budget"),
+        (dict(feedback_budget=True), "feedback_budget"),
+        (dict(queries_per_step=True), "queries_per_step"),
         (dict(mode="triplet"), "mode"),
         (dict(dataset="cifar10"), "dataset"),
         (dict(mistake_rate=1.5), "probability"),
@@ -263,3 +266,85 @@ def test_plug_in_by_entry_point(tmp_path, monkeypatch) -> None:
     env.reset(seed=0)
     assert env.step(_images([-0.5, 0.5], 2))[0]["replies"].tolist() == [1, -1]
     sys.modules.pop("my_users", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# misbehaving users are refused before any budget is spent
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_USERS))
+def test_a_misbehaving_user_is_refused_before_spending_budget(case: str, tmp_path) -> None:
+    """Every misbehaving user of the fault benchmark's list."""
+    from papa_env.errors import OracleError
+    from papa_env.wrappers import ReplyLog
+
+    user, mode = broken_user(case)
+    env = ReplyLog(PreferenceEnv(user, queries_per_step=4, feedback_budget=8, mode=mode), tmp_path)
+    env.reset(seed=0)
+    state = env.unwrapped.get_state()
+    with pytest.raises(OracleError, match="Broken"):
+        env.step(np.zeros(env.action_space.shape, np.float32))
+    assert env.unwrapped.replies_left == 8 and env.unwrapped.get_state() == state  # nothing spent or drawn
+    assert not (tmp_path / "replies.jsonl").exists()  # nothing persisted
+
+
+def test_a_user_returning_numpy_utilities_is_accepted() -> None:
+    class Numpy(Bright):
+        def utility(self, images):
+            return images.mean((1, 2, 3)).numpy()
+
+    env = PreferenceEnv(Numpy(), queries_per_step=2, feedback_budget=2)
+    env.reset(seed=0)
+    assert env.step(_images([0.5, -0.5], 2))[0]["replies"].tolist() == [1, -1]
+
+
+def test_noise_wrappers_check_the_utility_they_read() -> None:
+    from papa_env.errors import OracleError
+
+    user, _ = broken_user("utility NaN")
+    env = PreferenceEnv(user, queries_per_step=2, feedback_budget=2, rationality=1.0)
+    env.reset(seed=0)
+    with pytest.raises(OracleError):
+        env.step(_images([0.5, -0.5], 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# smaller promises
+
+
+def test_stepping_before_reset_through_gym_make_raises_our_error() -> None:
+    env = gym.make("PAPA-MNIST-v0")
+    with pytest.raises(ResetNeededError):
+        env.step(env.action_space.sample())
+
+
+@pytest.mark.parametrize("preference", [(1.5,), (True,), ("1",), 3, "13"])
+def test_a_preference_that_is_not_class_indices_is_refused(preference) -> None:
+    with pytest.raises(ValueError, match="class indices"):
+        gym.make("PAPA-MNIST-v0", preference=preference)
+
+
+def test_a_bfloat16_or_half_torch_action_is_accepted_as_float32() -> None:
+    env = PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=4)
+    env.reset(seed=0)
+    for dtype in (torch.bfloat16, torch.float16):
+        obs, *_ = env.step(torch.full((2, 1, 28, 28), 0.5, dtype=dtype))
+        assert obs["replies"].tolist() == [1, 1]
+    env.reset(seed=0)
+    with pytest.raises(InvalidQueryError, match="floating"):
+        env.step(torch.zeros(2, 1, 28, 28, dtype=torch.int32))
+
+
+def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
+    env = PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=4, mistake_rate=0.5)
+    env.reset(seed=0)
+    env.step(_images([0.5, -0.5], 2))
+    state = env.get_state()
+    after = env.step(_images([0.5, -0.5], 2))[0]["replies"].tolist()
+    other = PreferenceEnv(Bright(), queries_per_step=2, feedback_budget=4, mistake_rate=0.5)
+    other.reset(seed=5)
+    other.set_state(state)
+    assert other.replies_left == 2 and other.step(_images([0.5, -0.5], 2))[0]["replies"].tolist() == after
+    for bad in ({}, {**state, "replies_spent": 3}, {**state, "np_random": {"bit_generator": "load"}}):
+        with pytest.raises(ValueError, match="PreferenceEnv state|does not fit"):
+            other.set_state(bad)
