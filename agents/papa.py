@@ -1,7 +1,5 @@
 """PAPA and EPAPA: personalized alignment of a diffusion model directly from a user's replies, no reward model.
 
-Read top to bottom: the config, the presets, the loss (numbered steps, each with its formula), the agent.
-
 The method (arXiv 2607.00486; the authors' tools/train_papa.py). Per interaction, sample K queries x0 from the
 current model, read the replies y (+1 like, -1 dislike; 0 skip), and for each query minimise
 
@@ -10,8 +8,8 @@ current model, read the replies y (+1 like, -1 dislike; 0 skip), and for each qu
 
 with x_t ~ q(x_t | x0) (one eps per query, shared across t) and w_t the ELBO weights: a liked image becomes more
 likely, a disliked one less. EPAPA (``k > 0``) tunes and samples the tuned model only for t >= k; the frozen base
-denoises t < k. Every field's default is the authors' setting; the presets say where ours depart from it, and
-``docs/experiments/`` holds the measurements behind each departure.
+denoises t < k. Read top to bottom: the config (every field's default is the authors' setting), the presets (where
+ours depart from it; ``docs/experiments/`` has the measurements), the loss in numbered steps, the agent.
 """
 
 from __future__ import annotations
@@ -70,76 +68,53 @@ class PAPAConfig:
     """denoising steps of the sampler (the authors': 1000)"""
     eta: float = 1.0
     """DDIM noise scale"""
-    chunk: int = 250
-    """(query, timestep) rows per forward pass: bounds memory, not the result"""
     seed: int = 0
     """seed of the loss's noise, timestep and replay draws"""
 
     def __post_init__(self) -> None:
-        rules = {  # field: (holds?, what is expected)
-            "lr": (self.lr > 0, "> 0"),
-            "pref_coef": (self.pref_coef >= 0, ">= 0"),
-            "model_coef": (self.model_coef >= 0, ">= 0"),
-            "k": (0 <= self.k < T, f"in [0, {T})"),
-            "timesteps_per_image": (self.timesteps_per_image is None or self.timesteps_per_image >= 1, ">= 1 or None"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "updates_per_interaction": (
-                self.updates_per_interaction is None or self.updates_per_interaction >= 1,
-                ">= 1 or None",
-            ),
-            "replay": (self.replay >= 0, ">= 0"),
-            "reply_baseline": (
-                self.reply_baseline is None or (self.reply_baseline >= 1 and self.full_exploitation),
-                ">= 1 or None (and None with full_exploitation=False, where every signed reply is a like)",
-            ),
-            "dislike_margin": (self.dislike_margin is None or self.dislike_margin >= 0, ">= 0 or None"),
-            "base_queries": (0 <= self.base_queries <= self.queries_per_step, "in [0, queries_per_step]"),
-            "ema_decay": (self.ema_decay is None or 0 < self.ema_decay < 1, "in (0, 1) or None"),
-            "ema_start": (self.ema_start >= 0, ">= 0"),
-            "queries_per_step": (self.queries_per_step >= 1, ">= 1"),
-            "sampler": (self.sampler in ("ddim", "ddpm"), "'ddim' or 'ddpm'"),
-            "num_sampling_steps": (1 <= self.num_sampling_steps <= T, f"in [1, {T}]"),
-            "chunk": (self.chunk >= 1, ">= 1"),
-        }
-        bad = [f"{name} must be {expected}, got {getattr(self, name)!r}" for name, (ok, expected) in rules.items()
-               if not ok]  # fmt: skip
+        # fmt: off
+        rules = [  # (does it hold for a value, what is expected, of which fields)
+            (lambda v: v > 0, "> 0", ("lr",)),
+            (lambda v: v >= 0, ">= 0", ("pref_coef", "model_coef", "replay", "ema_start", "base_queries")),
+            (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step")),
+            (lambda v: v is None or v >= 1, ">= 1 or None", ("timesteps_per_image", "updates_per_interaction",
+                                                               "reply_baseline")),
+            (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
+            (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
+            (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
+            (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
+            (lambda v: v in ("ddim", "ddpm"), "'ddim' or 'ddpm'", ("sampler",)),
+        ]
+        bad = [f"{f} must be {rule}, got {getattr(self, f)!r}" for holds, rule, fields in rules for f in fields
+               if not holds(getattr(self, f))]
+        # fmt: on
+        if self.base_queries > self.queries_per_step:
+            bad.append(f"base_queries must be <= queries_per_step ({self.queries_per_step}), got {self.base_queries}")
+        if self.reply_baseline is not None and not self.full_exploitation:
+            bad.append("reply_baseline must be None with full_exploitation=False (every signed reply is a like)")
         if bad:
             raise ValueError("invalid PAPAConfig: " + "; ".join(bad))
 
 
+# fmt: off
 PRESETS: dict[str, PAPAConfig] = {
-    # The authors' recipe as their code runs it: the full sum over all T timesteps, batch 1, 1000-step DDPM.
+    # the authors' recipe as their code runs it (full sum over all T timesteps, batch 1, 1000-step DDPM); their EPAPA
     "faithful": PAPAConfig(timesteps_per_image=None, sampler="ddpm", num_sampling_steps=1000),
-    # The authors' EPAPA: the same with k = 400.
     "faithful-epapa": PAPAConfig(k=400, timesteps_per_image=None, sampler="ddpm", num_sampling_steps=1000),
-    # The authors' settings at a laptop's speed (32 Monte-Carlo timesteps, 20-step DDIM): the untuned PAPA that
-    # comparisons against untuned baselines use (`faithful` costs ~80 s per interaction on 2 CPU cores).
+    # the authors' settings at a laptop's speed (32 Monte-Carlo timesteps, 20-step DDIM): the untuned PAPA
     "authors-mc": PAPAConfig(),
-    # The PAPA default: two Adam steps per interaction at 10x the authors' lr on the 10 new replies + 22 replayed
-    # ones, 4 timesteps each (256 rows), and the dislike term bounded (unbounded, lr 1e-4 collapses onto one digit).
+    # PAPA: 2 Adam steps per interaction at 10x the authors' lr, each on the 10 new + 22 replayed replies x 4
+    # timesteps (256 rows); the dislike term bounded (unbounded, lr 1e-4 collapses onto one digit)
     "papa": PAPAConfig(lr=1e-4, timesteps_per_image=4, updates_per_interaction=2, replay=22, dislike_margin=0.5),
-    # The EPAPA default: k = 300; 10 new + 54 replayed replies x 1 timestep per step (128 rows, half of PAPA's); a
-    # reply baseline; half the queries from the frozen base model; a 67x stronger anchor; queries and samples from a
-    # tail average of the weights (decay 0.95 after the first 30 updates).
-    "epapa": PAPAConfig(
-        lr=1e-4,
-        k=300,
-        model_coef=0.6,
-        timesteps_per_image=1,
-        updates_per_interaction=2,
-        replay=54,
-        reply_baseline=50,
-        dislike_margin=0.5,
-        base_queries=5,
-        ema_decay=0.95,
-        ema_start=30,
-    ),
+    # EPAPA: k = 300, 10 new + 54 replayed replies x 1 timestep (128 rows, half of PAPA's), a reply baseline, half the
+    # queries from the frozen base, a 67x anchor, queries from a tail average of the weights (decay 0.95 after 30)
+    "epapa": PAPAConfig(lr=1e-4, k=300, model_coef=0.6, timesteps_per_image=1, updates_per_interaction=2, replay=54,
+                        reply_baseline=50, dislike_margin=0.5, base_queries=5, ema_decay=0.95, ema_start=30),
 }
+# fmt: on
 
 
 # ALGO LOGIC: the loss --------------------------------------------------------------------------------
-
-
 def reply_signs(replies: np.ndarray | torch.Tensor, full_exploitation: bool) -> torch.Tensor:
     """Replies (K,) in {+1, -1, 0} -> the sign y of the reply term: +1 like, -1 (or 0) dislike, 0 skip."""
     y = torch.as_tensor(np.asarray(replies), dtype=torch.float32)
@@ -155,17 +130,9 @@ def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -
     return torch.randint(cfg.k, T, (n_images, cfg.timesteps_per_image), generator=generator)
 
 
-def papa_loss(
-    unet: torch.nn.Module,
-    base: torch.nn.Module,
-    x0: torch.Tensor,
-    y: torch.Tensor,
-    timesteps: torch.Tensor,
-    noise: torch.Tensor,
-    cfg: PAPAConfig,
-    reply_weight: torch.Tensor | None = None,
-    backward: bool = False,
-) -> dict[str, Any]:
+def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor,
+              noise: torch.Tensor, cfg: PAPAConfig, reply_weight: torch.Tensor | None = None, backward: bool = False,
+              chunk: int = 250) -> dict[str, Any]:  # fmt: skip
     """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries.
 
     Args:
@@ -174,7 +141,8 @@ def papa_loss(
         timesteps: (B, m) from :func:`draw_timesteps`; noise: (B, 1, 28, 28), one eps per query, shared across t.
         reply_weight: (B,) multiplier of each query's reply term (default ``y``; ``y - b`` with a reply baseline);
             the anchor and the dislike bound still follow the sign ``y``.
-        backward: accumulate gradients chunk by chunk (bounded memory) instead of returning a graph.
+        backward: accumulate gradients chunk by chunk instead of returning a graph; chunk: rows per forward pass
+            (bounds memory, not the result).
 
     Returns:
         ``{"loss", "losses/pref", "losses/model"}`` as floats; with ``backward=False`` also ``"tensor"``.
@@ -185,8 +153,8 @@ def papa_loss(
     rows_img, rows_t = torch.arange(b).repeat_interleave(m), timesteps.reshape(-1)
     liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
     total, pref_sum, model_sum = torch.zeros(()), 0.0, 0.0
-    for start in range(0, len(rows_t), cfg.chunk):
-        i, t = rows_img[start : start + cfg.chunk], rows_t[start : start + cfg.chunk]
+    for start in range(0, len(rows_t), chunk):
+        i, t = rows_img[start : start + chunk], rows_t[start : start + chunk]
         x_t = q_sample(x0[i], noise[i], t, abar)  # 2. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)
         eps_hat = unet(x_t, t).sample  # 3. eps_theta(x_t, t)
         err = ((eps_hat - noise[i]) ** 2).mean((1, 2, 3))  # ||eps_theta - eps||^2, a mean over pixels
@@ -199,10 +167,9 @@ def papa_loss(
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             err = torch.where(y[i] < 0, torch.minimum(err, cap), err)
         pref = cfg.pref_coef * r[i] * scale * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
-        if need_anchor:  # 6. the anchor: model_coef * [y = +1] * ||eps_theta - eps_base||^2, a mean over the m draws
-            model = cfg.model_coef * liked[i] * (1.0 / m) * ((eps_hat - eps_base) ** 2).mean((1, 2, 3))
-        else:
-            model = torch.zeros_like(pref)
+        # 6. the anchor: model_coef * [y = +1] * ||eps_theta - eps_base||^2, a mean over the query's m draws
+        model = cfg.model_coef * liked[i] * (1.0 / m) * ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor \
+            else torch.zeros_like(pref)  # fmt: skip
         chunk_loss = (pref.sum() + model.sum()) / b  # 7. summed over rows, averaged over the B queries
         pref_sum += float(pref.detach().sum()) / b
         model_sum += float(model.detach().sum()) / b
@@ -210,34 +177,22 @@ def papa_loss(
             chunk_loss.backward()
         else:
             total = total + chunk_loss
-    out: dict[str, Any] = {"loss": pref_sum + model_sum, "losses/pref": pref_sum, "losses/model": model_sum}
-    if not backward:
-        out["tensor"] = total
-    return out
+    out = {"loss": pref_sum + model_sum, "losses/pref": pref_sum, "losses/model": model_sum}
+    return out if backward else {**out, "tensor": total}
 
 
 # ALGO LOGIC: the agent -------------------------------------------------------------------------------
-
-
 class PAPA:
-    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained UNet; an agent of :func:`papa_env.session.
-    run_session`.
-
-    Args:
-        unet: the pretrained base model (copied: the original stays untouched and serves as the frozen base).
-        config: a :class:`PAPAConfig` or a :data:`PRESETS` name.
-    """
+    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained ``unet`` (copied: the original is the frozen base),
+    with ``config`` a :class:`PAPAConfig` or a :data:`PRESETS` name; an agent of ``papa_env.session.run_session``."""
 
     side_by_side: bool = True
-    """the tuned and the base model's queries sampled in two threads at once (the same images; False: one after the
-    other, bit for bit the same at one thread: :func:`papa_env.diffusion.sample_many`)"""
+    """tuned and base queries sampled in two threads at once (False: one after the other; the same images)"""
 
     def __init__(self, unet: torch.nn.Module, config: PAPAConfig | str = "epapa") -> None:
-        if isinstance(config, str):
-            if config not in PRESETS:
-                raise ValueError(f"unknown PAPA preset {config!r}; expected one of {sorted(PRESETS)}")
-            config = PRESETS[config]
-        self.cfg = config
+        if isinstance(config, str) and config not in PRESETS:
+            raise ValueError(f"unknown PAPA preset {config!r}; expected one of {sorted(PRESETS)}")
+        self.cfg = config = PRESETS[config] if isinstance(config, str) else config
         self.name = "epapa" if config.k else "papa"
         self.base = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).train().requires_grad_(True)
@@ -253,21 +208,18 @@ class PAPA:
         self.buffer_x, self.buffer_y = torch.zeros(0), torch.zeros(0)  # every signed reply so far (no skips)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        """K queries: the tuned model's, then ``base_queries`` of the base model's, from one generator stream."""
-        k, n_base = self.cfg.queries_per_step, self.cfg.base_queries
+        """K queries (K, 1, 28, 28): the tuned model's, then ``base_queries`` of the base model's, one generator."""
+        k, n_base, cfg = self.cfg.queries_per_step, self.cfg.base_queries, self.cfg
+        kw = dict(sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta, generator=generator)
         if not 0 < n_base < k:
-            return self._sample(self.base if n_base else self.policy, k, generator).numpy()
-        kw = dict(sampler=self.cfg.sampler, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta)
-        parts = sample_many([self.policy, self.base], [k - n_base, n_base], generator=generator,
-                            side_by_side=self.side_by_side, **kw)  # fmt: skip
+            return sample(self.base if n_base else self.policy, k, **kw).numpy()
+        parts = sample_many([self.policy, self.base], [k - n_base, n_base], side_by_side=self.side_by_side, **kw)
         return torch.cat(parts).numpy()
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self._sample(self.policy, n, generator)
-
-    def _sample(self, unet: torch.nn.Module, n: int, generator: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
-        return sample(unet, n, sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta, generator=generator)
+        return sample(self.policy, n, sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta,
+                      generator=generator)  # fmt: skip
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         """One interaction's update from the replies (K,) to ``queries`` (K, 1, 28, 28)."""
@@ -276,8 +228,7 @@ class PAPA:
         if len(x0) != len(y):
             raise ValueError(f"{len(x0)} queries but {len(y)} replies")
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
-        baseline = self._baseline(y)
-        if baseline is not None:
+        if (baseline := self._baseline(y)) is not None:
             stats["charts/reply_baseline"] = baseline
         self.unet.train()
         for xb, yb in self._batches(x0, y):
@@ -330,28 +281,19 @@ class PAPA:
 
     def model_metadata(self) -> dict[str, str]:
         """How this agent samples its model (saved with the weights, read by ``papa sample``)."""
-        cfg = self.cfg
-        return {"k": str(cfg.k), "sampler": cfg.sampler, "num_sampling_steps": str(cfg.num_sampling_steps),
-                "eta": str(cfg.eta)}  # fmt: skip
+        return {key: str(getattr(self.cfg, key)) for key in ("k", "sampler", "num_sampling_steps", "eta")}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "unet": self.unet.state_dict(),
-            "opt": self.opt.state_dict(),
-            "generator": self.generator.get_state(),
-            "updates": self.updates,
-            "buffer_x": self.buffer_x.clone(),
-            "buffer_y": self.buffer_y.clone(),
-            "config": asdict(self.cfg),
-            **({"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}),
-        }
+        ema = {"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}
+        return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
+                "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
+                "config": asdict(self.cfg), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
         self.opt.load_state_dict(state["opt"])
         self.generator.set_state(state["generator"])
-        self.updates = state["updates"]
-        self.buffer_x, self.buffer_y = state["buffer_x"], state["buffer_y"]
+        self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

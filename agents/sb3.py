@@ -1,9 +1,9 @@
 """Stable-Baselines3 on the noise: the "RL on the initial noise" baselines, with SB3's PPO and SAC unchanged.
 
-:class:`NoiseToImage` makes the env's action the base diffusion model's initial noise x_T, decoded by the frozen
-model; SB3's untrained Gaussian policy then *is* the base model. :func:`run_sb3` runs PPO or SAC through
-``model.learn`` on it, every reply persisted by :class:`papa_env.wrappers.ReplyLog`, with evaluations in a
-callback. SB3 is an optional dependency: ``pip install 'papa-env[sb3]'``.
+:class:`papa_env.noise_env.NoiseToImage` makes the env's action the base diffusion model's initial noise x_T,
+decoded by the frozen model; SB3's untrained Gaussian policy then *is* the base model. :func:`run_sb3` runs PPO or
+SAC through ``model.learn`` on it, every reply persisted by :class:`papa_env.wrappers.ReplyLog`, with evaluations in
+a callback. SB3 is an optional dependency: ``pip install 'papa-env[sb3]'``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 
-from papa_env.diffusion import sample
+from papa_env.noise_env import NoiseToImage
+
+__all__ = ["NoiseToImage", "SB3Sampler", "load_sampler", "make_model", "run_sb3", "wrap_for"]
 
 
 def import_sb3():
@@ -26,65 +27,6 @@ def import_sb3():
     except ImportError as err:
         raise ImportError("the SB3 agents need stable-baselines3: pip install 'papa-env[sb3]'") from err
     return stable_baselines3
-
-
-class NoiseToImage(gym.ActionWrapper):
-    """Action = initial noise x_T, decoded by a frozen diffusion model into query images.
-
-    Action space: ``Box(-noise_bound, noise_bound, (K, 1, 28, 28), float32)`` (SB3's SAC needs finite bounds;
-    3 sigma keeps 99.7% of a standard normal per pixel; the noise is clipped to them), or ``(K, 2, 1, 28, 28)``
-    for a pairwise env. SB3's ``check_env`` recommends a [-1, 1] box; we keep x_T itself as the action on
-    purpose, so that an untouched SB3 Gaussian policy (mean 0, std 1, clipped to the box: PPO) samples the
-    base model. With ``squashed=True`` the box is [-1, 1] and x_T = atanh(action) (clipped to
-    +-noise_bound): SAC's tanh-squashed Gaussian policy samples ``tanh(z)``, so its untrained z ~ N(~0, ~1)
-    is again base-model noise, instead of ``noise_bound * tanh(z)`` (too wide, far from N(0, 1)).
-    Decoding: DDIM with eta = 0 and ``num_steps`` steps, so an action maps to one image.
-
-    Args:
-        env: a PreferenceEnv (or a wrapper of one).
-        unet: the frozen decoder (default: the env's base model, ``papa_env.load_pretrained(env.base_model)``).
-        num_steps: DDIM steps of the decoding.
-        noise_bound: the action box's half-width (``squashed=False``), or the clip of atanh(action).
-        squashed: actions in [-1, 1], decoded through atanh (for tanh-squashed policies such as SAC).
-    """
-
-    def __init__(
-        self,
-        env: gym.Env,
-        unet: torch.nn.Module | None = None,
-        num_steps: int = 10,
-        noise_bound: float = 3.0,
-        squashed: bool = False,
-    ) -> None:
-        super().__init__(env)
-        if noise_bound <= 0:
-            raise ValueError(f"noise_bound must be > 0, got {noise_bound}")
-        if unet is None:
-            from papa_env.models import load_pretrained
-
-            unet = load_pretrained(env.unwrapped.base_model)
-        self.unet = unet.eval().requires_grad_(False)
-        self.num_steps = num_steps
-        self.noise_bound = float(noise_bound)
-        self.squashed = bool(squashed)
-        shape = env.action_space.shape
-        high = 1.0 if self.squashed else self.noise_bound
-        self.action_space = spaces.Box(-high, high, shape, np.float32)
-
-    def noise(self, action: np.ndarray) -> torch.Tensor:
-        """The initial noise x_T an action stands for."""
-        a = torch.as_tensor(np.asarray(action, dtype=np.float32))
-        if tuple(a.shape) != self.action_space.shape:
-            raise ValueError(f"action shape {tuple(a.shape)} is wrong; expected {self.action_space.shape}")
-        if self.squashed:
-            a = torch.atanh(a.double().clamp(-1.0, 1.0)).float()  # +-1 -> +-inf, clipped next
-        return a.clamp(-self.noise_bound, self.noise_bound)
-
-    def action(self, action: np.ndarray) -> np.ndarray:
-        x_t = self.noise(action)
-        flat = x_t.reshape(-1, *x_t.shape[-3:])
-        images = sample(self.unet, len(flat), sampler="ddim", num_steps=self.num_steps, eta=0.0, initial_noise=flat)
-        return images.reshape(x_t.shape).numpy()
 
 
 class SB3Sampler:

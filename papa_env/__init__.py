@@ -9,11 +9,26 @@ These load on first use.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
-from papa_env.registration import ENV_IDS, register_envs
+from papa_env.registration import ENV_IDS, NOISE_ENV_IDS, register_envs
 
 register_envs()
+
+
+def _one_thread_after_fork() -> None:
+    """A forked child (gymnasium's async vector envs, multiprocessing's default on Linux) cannot use the OpenMP
+    thread pool torch started in its parent: it would wait forever for threads that were not forked. One intra-op
+    thread per child avoids the pool (and several children on few cores run faster so)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 __version__ = "0.2.0"
 
@@ -39,4 +54,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["ENV_IDS", "__version__", *_LAZY]
+__all__ = ["ENV_IDS", "NOISE_ENV_IDS", "__version__", *_LAZY]

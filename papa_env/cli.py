@@ -4,6 +4,7 @@
                                                             mnist-ddpm to PAPA-MNIST-v0's user, 300 replies
     papa run --preset epapa --lr 2e-4 --env PAPA-MNIST-v0   one PAPA / EPAPA session, any PAPAConfig field as a flag
     papa sample --model mnist-ddpm --n 64 --out grid.png    draw a grid from a shipped model or a run's weights
+    papa bench --suite held-out --agents epapa --seeds 3    agents compared under one budget (papa_env.harness)
     papa pretrain ddpm --dataset mnist --steps 6000 ...     train / resume a base diffusion model
     papa pretrain classifier --dataset mnist --arch UserCNN train a user's classifier or the judge
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="papa", description="papa-env: online preference alignment of diffusion models")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("bench", help="compare agents under one feedback budget: `papa bench --help`", add_help=False)
 
     def threads(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -213,6 +215,12 @@ def cmd_run(ns: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``papa``: 0 on success, 2 for a user error (one line on stderr)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the harness has its own parser (papa_env.harness)
+        from papa_env.harness import main as bench
+
+        bench(argv[1:])
+        return 0
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:

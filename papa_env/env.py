@@ -15,6 +15,9 @@ from papa_env.oracles.base import Oracle, check_replies, make_oracle, oracle_fac
 from papa_env.oracles.noise import BradleyTerry, Mistakes, Skips, Ties
 
 IMAGE_SHAPE = (1, 28, 28)
+DUPLICATE_RMS = 0.1
+"""Two images are near-duplicates when their 7x7 average-pooled pixels differ by less than this RMS (on [-1, 1]);
+distinct samples of the MNIST base model differ by >= 0.2, the same noise moved by 0.05 sigma by <= 0.08."""
 FRAME_COLORS = {1: (40, 170, 60), -1: (210, 40, 40), 0: (150, 150, 150)}
 """render() frame colour per reply: liked green, disliked red, skipped / tie grey."""
 
@@ -88,7 +91,13 @@ class PreferenceEnv(gym.Env):
 
     ## Rewards
 
-    The mean reply of the step (a Python float in [-1, 1]).
+    ``reward="distinct"`` (default): each image's reply counts once per session, near-duplicates not at all — a
+    person does not like the same picture twice. An image whose 7x7 average-pooled pixels are within RMS
+    :data:`DUPLICATE_RMS` of an image shown earlier in the session (or earlier in the same step) contributes 0; the
+    reward is the sum of the other images' replies over K, in [-1, 1]. So ten copies of one liked image earn 0.1, and
+    a policy that shows the same images every step earns nothing after the first. ``reward="mean"``: the mean reply
+    of the step. Pairwise mode: the mean reply (+1 first, -1 second). The replies themselves (``info["replies"]``,
+    the observation) are never changed; agents that learn from replies (PAPA, DDPO, ...) do not read the reward.
 
     ## Episode End
 
@@ -106,6 +115,7 @@ class PreferenceEnv(gym.Env):
       a multiple of ``queries_per_step``.
     * ``queries_per_step`` (10): K, images (or pairs) per step.
     * ``mode``: ``"binary"`` (like / dislike) or ``"pairwise"`` (which of two, for D3PO-style agents).
+    * ``reward``: ``"distinct"`` or ``"mean"`` (see Rewards).
     * ``render_mode``: ``None`` or ``"rgb_array"``.
     * ``mistake_rate``, ``skip_margin``, ``tie_margin``, ``rationality``: an irrational user, wrapping the
       oracle in :class:`Skips`, :class:`Ties`, :class:`BradleyTerry` and :class:`Mistakes` (B-Pref's order).
@@ -115,7 +125,8 @@ class PreferenceEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial release.
+    * v0: initial release. 0.2: the reward counts distinct images (``reward="distinct"``); ``reward="mean"`` is
+      the reward of 0.1.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
@@ -128,6 +139,7 @@ class PreferenceEnv(gym.Env):
         feedback_budget: int = 300,
         queries_per_step: int = 10,
         mode: Literal["binary", "pairwise"] = "binary",
+        reward: Literal["distinct", "mean"] = "distinct",
         render_mode: str | None = None,
         mistake_rate: float = 0.0,
         skip_margin: float | None = None,
@@ -158,6 +170,8 @@ class PreferenceEnv(gym.Env):
             )
         if mode not in ("binary", "pairwise"):
             raise ValueError(f"unknown mode {mode!r}; expected 'binary' or 'pairwise'")
+        if reward not in ("distinct", "mean"):
+            raise ValueError(f"unknown reward {reward!r}; expected 'distinct' or 'mean'")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
 
@@ -166,6 +180,7 @@ class PreferenceEnv(gym.Env):
         self.feedback_budget = int(feedback_budget)
         self.queries_per_step = int(queries_per_step)
         self.mode = mode
+        self.reward = reward
         self.render_mode = render_mode
 
         preference = _MISSING
@@ -200,6 +215,7 @@ class PreferenceEnv(gym.Env):
         )
         self.replies_spent = 0
         self._needs_reset = True
+        self._shown = np.zeros((0, 49), np.float32)  # 7x7 pooled images shown this session (the distinct reward)
         self._last_queries: np.ndarray | None = None
         self._last_replies: np.ndarray | None = None
 
@@ -228,6 +244,7 @@ class PreferenceEnv(gym.Env):
             "replies_spent": self.replies_spent,
             "np_random": self.np_random.bit_generator.state,
             "needs_reset": self._needs_reset,
+            "shown": self._shown.tolist(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -243,8 +260,9 @@ class PreferenceEnv(gym.Env):
             generator.bit_generator.state = rng
         except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"not a PreferenceEnv state: its np_random state does not fit ({err!r})") from None
+        shown = np.asarray(state.get("shown", []), np.float32).reshape(-1, 49)
         self._np_random = generator
-        self.replies_spent, self._needs_reset = spent, needs_reset
+        self.replies_spent, self._needs_reset, self._shown = spent, needs_reset, shown
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -255,6 +273,7 @@ class PreferenceEnv(gym.Env):
         self.oracle.set_preference(preference)  # ValueError for an invalid taste: nothing changes
         self.replies_spent = 0
         self._needs_reset = False
+        self._shown = np.zeros((0, 49), np.float32)
         self._last_queries, self._last_replies = None, None
         return self._obs(np.zeros(self.queries_per_step, np.float32)), self._info()
 
@@ -305,7 +324,22 @@ class PreferenceEnv(gym.Env):
         self._last_queries, self._last_replies = images.numpy(), replies
         truncated = self.replies_left <= 0
         info = self._info() | {"replies": replies.copy()}
-        return self._obs(replies), float(replies.mean()), False, bool(truncated), info
+        reward = float(replies.mean())
+        if self.mode == "binary" and self.reward == "distinct":
+            novel = self._novel(images)
+            info["distinct"] = novel
+            reward = float((replies * novel).sum() / len(replies))
+        return self._obs(replies), reward, False, bool(truncated), info
+
+    def _novel(self, images: torch.Tensor) -> np.ndarray:
+        """(K,) bool: which images are not near-duplicates of one shown before (this session or this step)."""
+        pooled = torch.nn.functional.avg_pool2d(images, 4).flatten(1).numpy()
+        novel = np.ones(len(pooled), bool)
+        for i, p in enumerate(pooled):
+            if len(self._shown) and np.sqrt(((self._shown - p) ** 2).mean(1)).min() < DUPLICATE_RMS:
+                novel[i] = False
+            self._shown = np.concatenate([self._shown, p[None]])
+        return novel
 
     # ----------------------------------------------------------------------------------------------
     def render(self) -> np.ndarray | None:

@@ -79,23 +79,59 @@ def liked_classes(env) -> tuple[int, ...] | None:
     return tuple(user.preference) if isinstance(user, ClassifierOracle) else None
 
 
-def collapse_report(records: list[dict], max_share: float = 0.6, tolerance: float = 0.05) -> list[str]:
+def collapse_report(
+    records: list[dict], max_share: float = 0.6, tolerance: float = 0.05, liked: tuple[int, ...] | None = None
+) -> list[str]:
     """Signs of collapse in a session's evaluations (empty list: none).
 
-    A session collapses when, at any evaluation, one class holds more than ``max_share`` of the samples, or
-    the judge's like-rate (the user's, for users without a judge) falls more than ``tolerance`` below the best
-    it reached before.
+    A session collapses when the judge's like-rate (the user's, for users without a judge) falls more than
+    ``tolerance`` below the best it reached before, or, at any evaluation, one class holds more than ``max_share`` of
+    the samples — unless that class is the only one the user likes (``liked``), where that is the goal.
     """
     problems = []
     key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
+    single = liked is not None and len(liked) == 1
     best = -1.0
     for r in records:
-        if r.get("eval/max_class_share", 0.0) > max_share:
+        if r.get("eval/max_class_share", 0.0) > max_share and not single:
             problems.append(f"{r['replies']} replies: one class holds {r['eval/max_class_share']:.0%} of samples")
         if r[key] < best - tolerance:
             problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
         best = max(best, r[key])
     return problems
+
+
+def relative_balance(records: list[dict], liked: tuple[int, ...], at: int = -1) -> float | None:
+    """The smallest ratio, over the liked classes, of a class's share among the liked samples at evaluation ``at``
+    to its share among the liked samples before learning (records[0]): 1 keeps the base model's proportions, 0.5
+    means a liked class fell to half of its share. None with fewer than 2 liked classes or no class shares."""
+    if len(liked) < 2 or f"eval/class_share/{liked[0]}" not in records[0]:
+        return None
+    base = np.array([records[0][f"eval/class_share/{c}"] for c in liked])
+    now = np.array([records[at][f"eval/class_share/{c}"] for c in liked])
+    if base.sum() <= 0 or now.sum() <= 0:
+        return 0.0
+    base, now = base / base.sum(), now / now.sum()
+    return float(min(n / b for n, b in zip(now, base) if b > 0))
+
+
+def session_metrics(records: list[dict], liked: tuple[int, ...] | None = None, target: float = 0.9) -> dict[str, Any]:
+    """What the user suite reports of one session (issue 22): like-rate at every evaluation, replies to first reach
+    ``target`` (feedback efficiency; None if never), the liked share of what the user was shown, judge confidence
+    before and after, the relative balance of the liked classes at the end (:func:`relative_balance`) and collapse
+    flags."""
+    key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
+    reached = [r["replies"] for r in records if r[key] >= target]
+    return {
+        "metric": key.removeprefix("eval/"),
+        "like_rate": {str(r["replies"]): r[key] for r in records},
+        "replies_to_target": reached[0] if reached else None,
+        "target": target,
+        "shown_like_rate": records[-1].get("session/shown_like_rate"),
+        "judge_confidence": [records[0]["eval/judge_confidence"], records[-1]["eval/judge_confidence"]],
+        "relative_balance": relative_balance(records, liked) if liked else None,
+        "collapse": collapse_report(records, liked=liked),
+    }
 
 
 def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict[str, Any]:

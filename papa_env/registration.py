@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 ENTRY_POINT = "papa_env.env:PreferenceEnv"
+NOISE_ENTRY_POINT = "papa_env.noise_env:make_noise_env"
 
 ENV_IDS = {
     # classifier user who likes digits {1, 4, 7, 9} (the PAPA authors' default); any set via preference=
@@ -19,10 +20,20 @@ ENV_IDS = {
     # CLIP user: "a thick handwritten digit" over "a thin handwritten digit" (needs papa-env[clip] + weights)
     "PAPA-MNIST-CLIP-v0": dict(oracle="clip", dataset="mnist"),
 }
+"""The image-action ids: the action is the K query images themselves, for agents that own a generative model."""
+
+NOISE_ENV_IDS = {
+    # the same users for RL clients (SB3, rl-zoo3): the action is the base model's initial noise, decoded by it;
+    # a flat Box observation (budget left, last replies) for MlpPolicy. papa_env.noise_env, papa_env.rl_zoo
+    "PAPA-MNIST-Noise-v0": dict(oracle="classifier", dataset="mnist"),
+    "PAPA-FashionMNIST-Noise-v0": dict(oracle="classifier", dataset="fashion-mnist"),
+    "PAPA-MNIST-Style-Noise-v0": dict(oracle="style", dataset="mnist"),
+}
 
 
 def register_envs() -> None:
-    for env_id, kwargs in ENV_IDS.items():
-        if env_id not in gym.registry:
-            # order_enforce=False: the env raises its own ResetNeededError (a gymnasium ResetNeeded too)
-            gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs, order_enforce=False)
+    for ids, entry_point in ((ENV_IDS, ENTRY_POINT), (NOISE_ENV_IDS, NOISE_ENTRY_POINT)):
+        for env_id, kwargs in ids.items():
+            if env_id not in gym.registry:
+                # order_enforce=False: the env raises its own ResetNeededError (a gymnasium ResetNeeded too)
+                gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, order_enforce=False)

@@ -41,6 +41,8 @@ LAYERS = {
     "papa_env.oracles": 0,
     # the diffusion math every agent shares, and what trains the base models with it
     "papa_env.diffusion": 1,
+    "papa_env.noise_env": 1,
+    "papa_env.rl_zoo": 0,
     "papa_env.pretrain": 1,
     # agents and the session are side by side: neither imports the other
     "papa_env.agents": 2,
@@ -49,6 +51,8 @@ LAYERS = {
     # apps wire agents and sessions together
     "papa_env.cli": 3,
     "papa_env.demo": 3,
+    "papa_env.harness": 3,
+    "papa_env.suite": 0,
     "papa_env.serve": 3,
     "papa_env.__main__": 3,
     "benchmarks": 4,

@@ -44,13 +44,13 @@ def test_loss_matches_a_hand_computed_value() -> None:
 
 
 def test_chunked_backward_gives_the_same_gradient() -> None:
-    cfg = PAPAConfig(chunk=3, timesteps_per_image=5)
+    cfg = PAPAConfig(timesteps_per_image=5)
     x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
     ts = torch.randint(0, 1000, (2, 5))
     y = torch.tensor([1.0, -1.0])
     a, b = Linear(0.3), Linear(0.3)
-    papa_loss(a, Linear(0.1), x0, y, ts, noise, replace(cfg, chunk=1000))["tensor"].backward()
-    papa_loss(b, Linear(0.1), x0, y, ts, noise, cfg, backward=True)
+    papa_loss(a, Linear(0.1), x0, y, ts, noise, cfg, chunk=1000)["tensor"].backward()
+    papa_loss(b, Linear(0.1), x0, y, ts, noise, cfg, backward=True, chunk=3)
     assert a.a.grad.item() == pytest.approx(b.a.grad.item(), rel=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_monte_carlo_estimate_is_unbiased(tiny_unet) -> None:
             param.add_(0.05 * torch.randn_like(param))
     x0, noise = torch.rand(1, 1, 28, 28) * 2 - 1, torch.randn(1, 1, 28, 28)
     y = torch.tensor([1.0])
-    cfg_full = PAPAConfig(timesteps_per_image=None, model_coef=0.5, k=100, chunk=1000)
+    cfg_full = PAPAConfig(timesteps_per_image=None, model_coef=0.5, k=100)
     cfg_mc = replace(cfg_full, timesteps_per_image=16)
     with torch.no_grad():
         full = papa_loss(tiny_unet, base, x0, y, draw_timesteps(1, cfg_full, torch.Generator()), noise, cfg_full)
@@ -330,3 +330,19 @@ def test_tiny_agent_learns_a_trivial_user(tiny_unet, k: int) -> None:
     rates = [r["eval/like_rate_oracle"] for r in records]
     print(f"k={k}: like-rate {rates}")
     assert rates[0] < 0.45 and rates[-1] > rates[0] + 0.25  # chance-level drift is < 0.1 at 100 samples
+
+
+def test_pairwise_replies_teach_the_preferred_image_as_a_like(tiny_unet) -> None:
+    from papa_env.agents.pairwise import Pairwise
+
+    agent = Pairwise(_agent(tiny_unet, queries_per_step=4, updates_per_interaction=1))
+    pairs = agent.propose(torch.Generator().manual_seed(0))
+    assert pairs.shape == (2, 2, 1, 28, 28)
+    agent.learn(pairs, np.array([1, 0]))  # the first pair: first preferred; the second: a tie (two skips)
+    assert agent.agent.buffer_y.tolist() == [1.0, -1.0]
+    assert torch.equal(agent.agent.buffer_x, torch.as_tensor(pairs[0]))
+    with pytest.raises(ValueError, match="pairs"):
+        agent.learn(pairs[:, 0], np.array([1, 0]))
+    env = bright_env(40, k=2, mode="pairwise")
+    records = run_session(agent, env, eval_every=20, evaluator=ToyEval(env), progress=False)
+    assert [r["replies"] for r in records] == [0, 20, 40]

@@ -1,0 +1,188 @@
+"""papa_env/harness.py (``papa bench``, ``python -m benchmarks.run``): the comparison harness and the user suite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from papa_env import harness
+from papa_env.harness import SessionSpec
+
+
+def _quick(tmp_path, agents: str, *extra: str) -> list[dict]:
+    args = ["--quick", "--budget", "20", "--eval-every", "20", "--eval-samples", "20", "--agents", agents]
+    return harness.main([*args, "--out", str(tmp_path), *extra])
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> None:
+    agents = "papa,epapa,ddpo,d3po,sb3-ppo,sb3-sac,reward-model,base,oracle-best-of-n"
+    rows = _quick(tmp_path, agents)
+    root = tmp_path / "PAPA-MNIST-v0-quick"
+    for name in ("results.jsonl", "table.csv", "table.md", "welch.md", "like_rate.png", "final_samples.png"):
+        assert (root / name).exists(), name
+    assert [r["agent"] for r in rows] == [a for a in harness.ALL if a in agents.split(",")]  # ALL's order
+    results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    for r in results:
+        assert [rec["replies"] for rec in r["records"]] == [0, 20], r["agent"]
+        assert 0 <= r["records"][-1]["eval/like_rate_judge"] <= 1
+        assert set(r["metrics"]) >= {"replies_to_target", "shown_like_rate", "relative_balance", "collapse"}
+    # every learner persisted its replies before learning; SB3 through the ReplyLog wrapper
+    learners = [n for n in agents.split(",") if n not in harness.REFERENCES]
+    for name in learners:
+        assert (root / f"{name}-s0" / "replies.jsonl").exists(), name
+    # the references ask the user nothing: one evaluation, the same at both ends
+    for r in (r for r in results if r["agent"] in harness.REFERENCES):
+        assert not (root / f"{r['agent']}-s0" / "replies.jsonl").exists()
+        assert {k: v for k, v in r["records"][0].items() if k != "replies"} == {
+            k: v for k, v in r["records"][1].items() if k != "replies"
+        }
+    with pytest.raises(SystemExit, match="unknown agents"):
+        harness.main(["--quick", "--agents", "papa,dpo", "--out", str(tmp_path)])
+    # a rerun reads the finished sessions back instead of spending replies again
+    before = {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
+    assert _quick(tmp_path, agents) == rows
+    assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
+    # one seed: a plain number, no interval; numeric CSV columns; labelled class shares
+    table = (root / "table.md").read_text()
+    assert "+-" not in table and "share" not in table.splitlines()[0] and "1 0." in table
+    csv_head = (root / "table.csv").read_text().splitlines()[0].split(",")
+    assert "like@20" in csv_head and "like@20_ci95" in csv_head and "share/7" in csv_head
+
+
+@pytest.mark.slow
+def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path) -> None:
+    args = ["--quick", "--agents", "base,epapa", "--seeds", "2", "--budget", "10", "--eval-every", "10"]
+    args += ["--eval-samples", "10", "--no-grid"]
+    serial = harness.main([*args, "--out", str(tmp_path / "serial")])
+    parallel = harness.main([*args, "--workers", "2", "--out", str(tmp_path / "parallel")])
+    # same sessions, same order; like-rates equal up to thread-count float noise
+    assert [r["agent"] for r in parallel] == [r["agent"] for r in serial]
+    for a, b in zip(serial, parallel):
+        assert a["like@0"] == b["like@0"] and a["seeds"] == b["seeds"] == 2
+    with pytest.raises(SystemExit):
+        harness.main([*args, "--workers", "0", "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.slow
+def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path) -> None:
+    args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
+    earlier = harness.main([*args, "--agents", "epapa,base", "--out", str(tmp_path / "a")])
+    reuse = str(tmp_path / "a" / "PAPA-MNIST-v0-quick" / "results.jsonl")
+    rows = harness.main([*args, "--agents", "ddpo", "--reuse", reuse, "--out", str(tmp_path / "b")])
+    assert [r["agent"] for r in rows] == ["epapa", "ddpo", "base"]  # ALL's order, the new one in place
+    assert rows[0] == earlier[0] and rows[2] == earlier[1]  # read back, figure for figure
+    root = tmp_path / "b" / "PAPA-MNIST-v0-quick"
+    assert not (root / "epapa-s0").exists()  # not rerun: no reply spent on it
+    assert len((root / "results.jsonl").read_text().splitlines()) == 6
+    welch = (root / "welch.md").read_text()
+    assert "| epapa | ddpo |" in welch and "| epapa | base |" in welch
+    with pytest.raises(SystemExit, match=r"evaluated at replies \[0, 10\].*evaluates at \[0, 5, 10\]"):
+        harness.main([*args, "--eval-every", "5", "--agents", "base", "--reuse", reuse, "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="results.jsonl"):
+        harness.main([*args, "--agents", "base", "--reuse", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)])
+    garbled = tmp_path / "garbled.jsonl"
+    garbled.write_text(open(reuse).read().splitlines()[0] + "\n{not json\n")
+    with pytest.raises(SystemExit, match="garbled.jsonl:2: not a session line"):
+        harness.main([*args, "--agents", "base", "--reuse", str(garbled), "--out", str(tmp_path / "c")])
+
+
+@pytest.mark.slow
+def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path) -> None:
+    """The suite's quick mode, as `make test` runs it: three tastes, one of them noisy, 20 replies."""
+    args = ["--suite", "tuning", "--quick", "--agents", "epapa", "--budget", "10", "--eval-samples", "20"]
+    harness.main([*args, "--no-grid", "--out", str(tmp_path)])
+    root = tmp_path / "suite-tuning-quick"
+    report = (root / "suite.md").read_text()
+    assert "| mnist |" in report and "| style |" in report and "| noisy |" in report and "| all |" in report
+    results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    assert len({r["taste"] for r in results}) == 3 and (root / "like_rate_groups.png").exists()
+    style = next(r for r in results if r["group"] == "style")
+    assert style["metrics"]["metric"] == "like_rate_oracle" and style["metrics"]["relative_balance"] is None
+
+
+def test_a_finished_session_with_other_settings_is_refused(tmp_path) -> None:
+    spec = SessionSpec("base", seed=0, budget=10, eval_samples=10)
+    folder = spec.folder(tmp_path)
+    folder.mkdir(parents=True)
+    other = {**spec.__dict__, "budget": 20}
+    (folder / "result.json").write_text(json.dumps({"spec": other}))
+    with pytest.raises(ValueError, match="other settings"):
+        harness.run_one(spec, tmp_path)
+
+
+def test_overrides_are_checked_against_the_agents_config() -> None:
+    from papa_env.agents.papa import PRESETS
+
+    assert harness.apply_overrides(PRESETS["epapa"], {"lr": 2e-4}).lr == 2e-4
+    with pytest.raises(ValueError, match="no field.*learning_rate"):
+        harness.apply_overrides(PRESETS["epapa"], {"learning_rate": 1})
+    assert SessionSpec("epapa", overrides={"lr": 2e-4, "k": 200}).label == "epapa+k=200+lr=0.0002"
+
+
+def _fake_results(ends: dict[str, list[float]]) -> list[dict]:
+    """Harness results whose last judge like-rates are ``ends[agent]`` (one per seed)."""
+    return [
+        {"agent": name, "seed": s, "spec": {"env": "PAPA-MNIST-v0"}, "collapse": [],
+         "records": [{"replies": 0, "eval/like_rate_judge": 0.4, "eval/judge_confidence": 0.9},
+                     {"replies": 300, "eval/like_rate_judge": v, "eval/judge_confidence": 0.9}]}
+        for name, vals in ends.items()
+        for s, v in enumerate(vals)
+    ]  # fmt: skip
+
+
+def test_welch_tests_match_a_hand_computed_welch_test() -> None:
+    from scipy import stats
+
+    epapa, ddpo = [0.9, 0.95, 1.0], [0.5, 0.7]
+    rows = harness.welch_tests(_fake_results({"epapa": epapa, "ddpo": ddpo, "base": [0.38, 0.38]}))
+    assert [(r["agent"], r["vs"]) for r in rows] == [("epapa", "ddpo"), ("epapa", "base")]
+    w = rows[0]
+    # by hand: means 0.95 and 0.6, variances of the means 0.0025/3 and 0.02/2
+    vx, vy = 0.0025 / 3, 0.02 / 2
+    t = 0.35 / (vx + vy) ** 0.5
+    dof = (vx + vy) ** 2 / (vx**2 / 2 + vy**2 / 1)
+    assert w["diff"] == pytest.approx(0.35)
+    assert w["t"] == pytest.approx(t)
+    assert w["p"] == pytest.approx(2 * stats.t.sf(t, dof))
+    assert w["p"] == pytest.approx(stats.ttest_ind(epapa, ddpo, equal_var=False).pvalue)
+    half = stats.t.ppf(0.975, dof) * (vx + vy) ** 0.5
+    assert (w["ci_low"], w["ci_high"]) == pytest.approx((0.35 - half, 0.35 + half))
+    assert w["ci_low"] < 0 < w["p"] - 0.05  # 2 seeds of ddpo: the difference is not significant
+    # a reference with zero spread across seeds still gets a test; one seed gets none
+    assert rows[1]["p"] < 0.05
+    lone = harness.welch_tests(_fake_results({"papa": [0.9], "ddpo": ddpo}))
+    assert np.isnan(lone[0]["p"]) and lone[0]["diff"] == pytest.approx(0.3)
+    assert harness.welch_tests(_fake_results({"ddpo": ddpo, "base": [0.38, 0.38]})) == []
+    both_flat = harness.welch_tests(_fake_results({"papa": [0.9, 0.9], "base": [0.38, 0.38]}))
+    assert np.isnan(both_flat[0]["p"]) and both_flat[0]["diff"] == pytest.approx(0.52)
+
+
+def test_table_matches_evaluations_by_reply_count_not_position() -> None:
+    results = _fake_results({"epapa": [0.9, 0.8]})
+    results[1]["records"].insert(1, {"replies": 150, "eval/like_rate_judge": 0.6, "eval/judge_confidence": 0.9})
+    results[0]["records"][-1]["eval/fd_to_base"] = 3.0
+    results[1]["records"][-1]["eval/fd_to_base"] = 6.0
+    row = harness.table(results)[0]
+    assert row["fd_to_base"] == 4.5
+    assert harness.table(_fake_results({"base": [0.4]}))[0]["fd_to_base"] is None  # a reference: no own start
+    assert (row["like@0"], row["like@0_ci95"]) == (0.4, 0.0)
+    assert (row["like@150"], row["like@150_ci95"], row["like@150_n"]) == (0.6, None, 1)
+    assert row["like@300"] == pytest.approx(0.85) and row["like@300_ci95"] > 0
+    md = harness.table_markdown([row])
+    assert "0.600 (n = 1)" in md and "0.850 +- " in md
+
+
+def test_suite_report_aggregates_groups_and_finds_the_worst_taste() -> None:
+    def result(taste, group, like300, reach, seed=0):
+        return {"agent": "epapa", "taste": taste, "group": group, "seed": seed, "collapse": [],
+                "metrics": {"like_rate": {"0": 0.3, "50": 0.5, "100": 0.8, "200": 0.9, "300": like300},
+                            "replies_to_target": reach, "shown_like_rate": 0.7, "judge_confidence": [0.9, 0.92],
+                            "relative_balance": 0.8}}  # fmt: skip
+
+    results = [result("a", "mnist", 0.95, 200), result("b", "mnist", 0.85, None), result("c", "style", 0.9, 300)]
+    report = harness.suite_tables(results)
+    assert "| mnist | 2 | 2 | 0.500 | 0.800 | 0.900 | 0.900 | 0.850 (b) | inf |" in report
+    assert "| all | 3 | 3 |" in report and "0.850 (b)" in report.split("| all |")[1]
