@@ -23,7 +23,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample, sample_many
-from papa_env.models import SCHEDULER_CONFIG
+from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
 T = SCHEDULER_CONFIG["num_train_timesteps"]
 
@@ -280,8 +280,9 @@ class PAPA:
         return self.sampled
 
     def model_metadata(self) -> dict[str, str]:
-        """How this agent samples its model (saved with the weights, read by ``papa sample``)."""
-        return {key: str(getattr(self.cfg, key)) for key in ("k", "sampler", "num_sampling_steps", "eta")}
+        """How this agent samples its model, its base included (saved with the weights, read by ``papa sample``)."""
+        meta = {key: str(getattr(self.cfg, key)) for key in ("k", "sampler", "num_sampling_steps", "eta")}
+        return {**meta, "base_sha256": weights_sha256(self.base)}
 
     def state_dict(self) -> dict[str, Any]:
         ema = {"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}

@@ -46,6 +46,7 @@ class TrajectoryAgent:
         return self.unet
 
     def model_metadata(self) -> dict[str, str]:
+        """How this agent samples its model (saved with the weights, read by ``papa sample``)."""
         return {"k": "0", "sampler": "ddim", "num_sampling_steps": str(self.cfg.num_sampling_steps),
                 "eta": str(self.cfg.eta)}  # fmt: skip
 

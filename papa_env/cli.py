@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model or a run's weights")
     s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")
     s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 ddim, 1000 ddpm)")
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                   help="default: how the run's agent sampled (its model.safetensors says), else ddim")  # fmt: skip
+    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the run's; 20 ddim, 1000 ddpm)")
+    s.add_argument("--base", default=None, help="an EPAPA run's base model, if not the one its file names")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/samples.png", help="where to write the PNG grid")
     threads(s)
@@ -174,21 +176,56 @@ def load_unet(model: str):
     raise ValueError(f"--model must be one of {sorted(PRETRAINED)} or a .safetensors file, got {model!r}")
 
 
-def cmd_sample(ns: argparse.Namespace) -> Path:
+def sampler_of(model: str, base: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The denoiser ``model`` names and how it is sampled: a shipped model or weights file as it is; a run's
+    ``model.safetensors`` the way its agent sampled it (EPAPA: the tuned weights for t >= k over the frozen base,
+    which the file names and fingerprints; ``base`` overrides the base's name or file). Returns (denoiser, kwargs of
+    :func:`papa_env.diffusion.sample`)."""
+    from papa_env.diffusion import SwitchedUNet
+    from papa_env.models import PRETRAINED, model_metadata, weights_sha256
+
+    unet = load_unet(model)
+    meta = model_metadata(model) if model not in PRETRAINED else {}
+    if "k" not in meta:
+        return unet, {}
+    kwargs = {"sampler": meta["sampler"], "num_steps": int(meta["num_sampling_steps"]), "eta": float(meta["eta"])}
+    k = int(meta["k"])
+    if k == 0:
+        return unet, kwargs
+    name = base or meta.get("base_model")
+    if not name or "base_sha256" not in meta:
+        raise ValueError(f"{model} was tuned with k = {k} (EPAPA) but does not name its base model; pass --base")
+    base_unet = load_unet(name)
+    if weights_sha256(base_unet) != meta["base_sha256"]:
+        raise ValueError(f"{name} is not the base model {model} was tuned from (its weights differ); pass --base")
+    return SwitchedUNet(unet, base_unet, k), kwargs
+
+
+def sample_images(model: str, n: int, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                  base: str | None = None, progress: bool = False):  # fmt: skip
+    """``n`` images (n, 1, 28, 28) in [-1, 1] as ``papa sample`` draws them (see :func:`sampler_of`)."""
     import torch
 
     from papa_env.diffusion import sample
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    unet, kwargs = sampler_of(model, base)
+    if sampler is not None:
+        kwargs["sampler"] = sampler
+    kwargs.setdefault("sampler", "ddim")
+    if steps is not None or "num_steps" not in kwargs:
+        kwargs["num_steps"] = steps or (20 if kwargs["sampler"] == "ddim" else 1000)
+    images = sample(unet, n, generator=torch.Generator().manual_seed(seed), progress=progress, **kwargs)
+    return images, kwargs
+
+
+def cmd_sample(ns: argparse.Namespace) -> Path:
     from papa_env.viz import save_grid
 
-    if ns.n < 1:
-        raise ValueError(f"--n must be >= 1, got {ns.n}")
-    steps = ns.steps or (20 if ns.sampler == "ddim" else 1000)
-    unet = load_unet(ns.model)
-    images = sample(
-        unet, ns.n, sampler=ns.sampler, num_steps=steps, generator=torch.Generator().manual_seed(ns.seed), progress=True
-    )
+    images, kwargs = sample_images(ns.model, ns.n, ns.seed, ns.sampler, ns.steps, ns.base, progress=True)
     out = save_grid(images, ns.out)
-    print(f"wrote {ns.n} samples ({ns.sampler}, {steps} steps) to {out}")
+    print(f"wrote {ns.n} samples ({kwargs['sampler']}, {kwargs['num_steps']} steps) to {out}")
     return out
 
 

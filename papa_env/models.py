@@ -221,6 +221,18 @@ def model_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes, bytes, in name order): identifies a base model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def pretrained_path(name: str) -> Path:
     """Path of a shipped weights file; ValueError for an unknown name, FileNotFoundError if absent."""
     if name not in PRETRAINED:

@@ -193,7 +193,7 @@ class _Run:
             done_here += 1
         bar.close()
         if self.folder is not None and self.step == self.steps_total:
-            _finish(self.folder.path, self.agent, self.records)
+            _finish(self.folder.path, self.agent, self.records, self.base_env.base_model)
 
     def evaluate(self) -> None:
         """The evaluation after the current interaction's update, with its stats and timing; then a checkpoint."""
@@ -313,13 +313,13 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _finish(run: Path, agent: Agent, records: list) -> None:
+def _finish(run: Path, agent: Agent, records: list, base_model: str) -> None:
     model = getattr(agent, "model", lambda: None)()
     if model is not None:
         from papa_env.models import save_model
 
         meta = getattr(agent, "model_metadata", dict)()
-        save_model(model, run / "model.safetensors", agent=agent.name, **meta)
+        save_model(model, run / "model.safetensors", agent=agent.name, base_model=base_model, **meta)
     if records:
         write_atomic(run / "like_rate.png", like_rate_plot(records, agent.name))
 

@@ -105,3 +105,31 @@ def test_grid_array_layout() -> None:
     assert g.shape == (2 * 28 + 3 * 2, 3 * 28 + 4 * 2, 3) and g.dtype.name == "uint8"
     with pytest.raises(ValueError, match="B, C, H, W"):
         grid_array(torch.zeros(28, 28))
+
+
+def test_sample_draws_an_epapa_runs_model_the_way_its_agent_did(tmp_path) -> None:
+    """The run's model.safetensors names k, the sampler and its base: papa sample gives the agent's own samples."""
+    import gymnasium as gym
+
+    from papa_env.agents.papa import PAPA, PRESETS
+    from papa_env.cli import sample_images
+    from papa_env.models import load_model, load_pretrained, model_metadata, save_model
+    from papa_env.session import run_session
+
+    env = gym.make("PAPA-MNIST-v0", feedback_budget=10)
+    agent = PAPA(load_pretrained("mnist-ddpm"), dataclasses.replace(PRESETS["epapa"], num_sampling_steps=4))
+    run_session(agent, env, tmp_path / "run", eval_every=0, progress=False)
+    weights = tmp_path / "run" / "model.safetensors"
+    assert model_metadata(weights)["k"] == "300" and model_metadata(weights)["base_model"] == "mnist-ddpm"
+    images, kwargs = sample_images(str(weights), 4, seed=3)
+    expected = agent.generate(4, torch.Generator().manual_seed(3))
+    assert kwargs["num_steps"] == 4 and torch.allclose(images, expected, atol=1e-5)
+    plain = load_model(weights)  # what the file alone, without its base below k, would draw: not the same images
+    from papa_env.diffusion import sample
+
+    assert not torch.allclose(sample(plain, 4, num_steps=4, generator=torch.Generator().manual_seed(3)), expected)
+    other = tmp_path / "other-base.safetensors"
+    save_model(load_pretrained("fashion-mnist-ddpm"), other)
+    with pytest.raises(ValueError, match="not the base model"):
+        sample_images(str(weights), 4, base=str(other))
+    assert main(["sample", "--model", str(weights), "--n", "2", "--out", str(tmp_path / "g.png")]) == 0

@@ -348,3 +348,44 @@ def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
     for bad in ({}, {**state, "replies_spent": 3}, {**state, "np_random": {"bit_generator": "load"}}):
         with pytest.raises(ValueError, match="PreferenceEnv state|does not fit"):
             other.set_state(bad)
+
+
+def test_an_entry_point_user_receives_the_dataset_and_the_taste_through_set_preference(tmp_path, monkeypatch) -> None:
+    pkg = tmp_path / "my_users2.py"
+    pkg.write_text(
+        textwrap.dedent("""
+        from papa_env.oracles import Oracle
+
+        class Picky(Oracle):
+            threshold = 0.0
+            def __init__(self, dataset):
+                self.dataset, self.taste = dataset, "bright"
+            @property
+            def preference(self):
+                return self.taste
+            def set_preference(self, preference):
+                self.taste = preference
+            def utility(self, images):
+                m = images.mean((1, 2, 3))
+                return m if self.taste == "bright" else -m
+    """)
+    )
+    dist = tmp_path / "my_users2-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-users2\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[papa_env.oracles]\npicky = my_users2:Picky\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = gym.make("PAPA-FashionMNIST-v0", oracle="picky", preference="dark", queries_per_step=2, feedback_budget=2)
+    user = env.unwrapped.oracle
+    assert user.dataset == "fashion-mnist" and user.preference == "dark"  # __init__ takes no preference: set after
+    env.reset(seed=0)
+    assert env.step(_images([-0.5, 0.5], 2))[0]["replies"].tolist() == [1, -1]
+    sys.modules.pop("my_users2", None)
+
+
+def test_the_oracle_docstring_states_the_whole_protocol() -> None:
+    from papa_env.oracles import Oracle
+
+    doc = Oracle.__doc__
+    for promise in ("abstract", "torch", "every** ``reset()``", "set_preference", "dataset", "OracleError"):
+        assert promise in doc, promise
