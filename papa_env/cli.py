@@ -3,6 +3,7 @@
     papa demo                                               the main job (what `make demo` runs): EPAPA aligns
                                                             mnist-ddpm to PAPA-MNIST-v0's user, 300 replies
     papa run --preset epapa --lr 2e-4 --env PAPA-MNIST-v0   one PAPA / EPAPA session, any PAPAConfig field as a flag
+    papa serve                                              a local web page: a person is the user (papa_env.serve)
     papa sample --model mnist-ddpm --n 64 --out grid.png    draw a grid from a shipped model or a run's weights
     papa bench --suite held-out --agents epapa --seeds 3    agents compared under one budget (papa_env.harness)
     papa pretrain ddpm --dataset mnist --steps 6000 ...     train / resume a base diffusion model
@@ -145,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     threads(r)
     cfg = r.add_argument_group("PAPAConfig fields (override the preset's)")
     add_dataclass_args(cfg, PAPAConfig, only_given=True, exclude=("seed",))
+
+    v = sub.add_parser("serve", help="a local web page where a person is the user of a live session")
+    v.add_argument("--model", default="mnist-ddpm", help="a shipped base model name or a .safetensors path")
+    v.add_argument("--preset", default="epapa", choices=sorted(PRESETS), help="the PAPA preset")
+    v.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
+    v.add_argument("--out", default="runs/serve", help="run folder (an existing session there is resumed)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the session")
+    v.add_argument("--bot", default=None, help="a simulated user (registered name) answers through the page's API")
+    v.add_argument("--preference", default=None, help="the bot's taste as JSON, e.g. '[1, 4]'")
+    threads(v)
 
     s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model or a run's weights")
     s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")
@@ -292,6 +305,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
         cmd_sample(ns)
     elif ns.command == "run":
         cmd_run(ns)
+    elif ns.command == "serve":
+        from papa_env.serve import main as serve
+
+        _positive_multiple("budget", ns.budget)
+        serve(ns)
     elif ns.command == "demo":
         from papa_env.demo import run_demo
 

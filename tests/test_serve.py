@@ -1,0 +1,213 @@
+"""papa_env/serve.py (``papa serve``): a person is the user, through the same env and session as a simulated one.
+
+API tests drive the server over HTTP; the browser test drives the real page in headless Chromium (Debian's
+``chromium``, launched by Playwright with its executable path: no browser download), with the keyboard and the mouse,
+reloads it mid-round, kills the server and starts it again. ``PAPA_UPDATE_SCREENSHOTS=1`` also writes its
+screenshots to ``docs/serve/`` (the README shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from papa_env.agents.papa import PAPA, PRESETS, PAPAConfig
+from papa_env.serve import App, image_from_data_url, png_data_url, serve
+
+
+def _tiny_agent(tiny_unet) -> PAPA:
+    return PAPA(tiny_unet, PAPAConfig(lr=3e-3, timesteps_per_image=2, num_sampling_steps=2, updates_per_interaction=1))
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url + "/api/state") as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, payload, raw: bytes | None = None) -> tuple[int, dict]:
+    body = raw if raw is not None else json.dumps(payload).encode()
+    request = urllib.request.Request(url + "/api/reply", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _wait_round(url: str, number: int, timeout: float = 120) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        state = _get(url)
+        if state["status"] == "judging" and state["round"] == number or state["status"] in ("done", "error"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"round {number} never came: {state}")
+
+
+def _start(agent, out, budget=30, port=0):
+    app = App(agent, out, budget=budget)
+    server = serve(app, "127.0.0.1", port)
+    return app, server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _stop(app, server) -> None:
+    app.close()
+    server.shutdown()
+    server.server_close()
+
+
+def test_images_travel_as_png_data_urls_without_loss_beyond_8_bits() -> None:
+    x = torch.linspace(-1, 1, 784).view(1, 28, 28)
+    assert torch.allclose(image_from_data_url(png_data_url(x)), x, atol=1 / 127.5)
+
+
+def test_bad_submissions_are_refused_and_change_nothing_then_a_restart_resumes(tiny_unet, tmp_path) -> None:
+    out = tmp_path / "run"
+    app, server, url = _start(_tiny_agent(tiny_unet), out)
+    try:
+        first = _wait_round(url, 1)
+        assert first["k"] == 10 and len(first["images"]) == 10 and first["replies_used"] == 0
+        bad = [
+            ({"round": 2, "replies": [1] * 10}, 409, "round 1 is"),  # not the round waiting
+            ({"round": 1, "replies": [1] * 9}, 400, "shape"),  # wrong number of replies
+            ({"round": 1, "replies": [2] * 10}, 400, "must be"),  # not -1 / 0 / +1
+            ({"round": 1, "replies": [True] * 10}, 400, "integers"),
+            ({"round": 1, "replies": [0.5] * 10}, 400, "integers"),
+            ({"round": "1", "replies": [1] * 10}, 400, "integer"),
+            ({"replies": [1] * 10}, 400, "expected a JSON object"),
+            ([1, 2], 400, "expected a JSON object"),
+        ]
+        for payload, code, match in bad:
+            status, body = _post(url, payload)
+            assert status == code and match in body["error"], (payload, body)
+        assert _post(url, None, raw=b"{not json")[0] == 400
+        assert _get(url)["round"] == 1 and not (out / "replies.jsonl").exists()  # nothing persisted, still round 1
+        assert _post(url, {"round": 1, "replies": [1, -1, 0, 1, 1, -1, 1, 1, -1, 0]})[0] == 200
+        status, body = _post(url, {"round": 1, "replies": [1] * 10})  # replayed
+        assert status == 409
+        second = _wait_round(url, 2)
+        assert second["like_rates"] == [0.5] and second["replies_used"] == 10
+        with urllib.request.urlopen(url + "/api/grid?which=now") as r:
+            assert r.headers["Content-Type"] == "image/png" and r.read()[:4] == b"\x89PNG"
+    finally:
+        _stop(app, server)  # killed while round 2 waits for its answer
+    lines = (out / "replies.jsonl").read_text().splitlines()
+    assert [json.loads(line)["replies"] for line in lines] == [[1, -1, 0, 1, 1, -1, 1, 1, -1, 0]]
+    app, server, url = _start(_tiny_agent(tiny_unet), out)
+    try:
+        again = _wait_round(url, 2)
+        assert again["images"] == second["images"] and again["like_rates"] == [0.5]  # the same question, once
+        assert _post(url, {"round": 2, "replies": [-1] * 10})[0] == 200
+        assert _wait_round(url, 3)["replies_used"] == 20
+    finally:
+        _stop(app, server)
+    assert len((out / "replies.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_bot_drives_the_api_to_the_end_of_the_budget(tiny_unet, tmp_path) -> None:
+    from helpers import Bright
+
+    from papa_env.serve import run_bot
+
+    app, server, url = _start(_tiny_agent(tiny_unet), tmp_path / "run", budget=30)
+    try:
+        state = run_bot(url, Bright(threshold=-0.5))
+    finally:
+        _stop(app, server)
+    assert state["status"] == "done" and state["replies_used"] == 30 and len(state["like_rates"]) == 3
+    assert state["latency"]["rounds"] == 2 and (tmp_path / "run" / "model.safetensors").exists()
+
+
+def _browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (dev extra)")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]  # fmt: skip
+    return playwright.sync_playwright(), exe, args
+
+
+@pytest.mark.slow
+def test_a_person_in_a_real_browser_answers_reloads_and_survives_a_server_restart(tmp_path) -> None:
+    from papa_env.models import load_pretrained
+    from papa_env.oracles import ClassifierOracle
+
+    manager, exe, args = _browser()
+    shots = Path(__file__).parents[1] / "docs" / "serve" if os.environ.get("PAPA_UPDATE_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "run"
+
+    def agent() -> PAPA:
+        return PAPA(load_pretrained("mnist-ddpm"), replace(PRESETS["epapa"], seed=0))
+
+    app, server, url = _start(agent(), out, budget=100)
+    port = server.server_address[1]
+    with manager as p:
+        browser = p.chromium.launch(executable_path=exe, args=args)
+        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+        page.goto(url)
+        page.wait_for_selector("#tile-9 img")
+        assert "Round 1 of 10" in page.inner_text("#status")
+        page.screenshot(path=str(shots / "round1.png"), full_page=True)
+        before = [p.detach().clone() for p in app.agent.model().parameters()]
+        # round 1 with the keyboard: like the first five, dislike the rest, undo one and redo it, Enter
+        for i in range(10):
+            page.keyboard.press(str((i + 1) % 10))
+            page.keyboard.press("l" if i < 5 else "d")
+        page.keyboard.press("u")
+        assert page.get_attribute("#tile-9", "class") == "tile focus"  # the undone mark is gone
+        page.keyboard.press("d")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent.includes('Round 2')", timeout=120_000)
+        # round 2 with the mouse: one click = like, two = dislike, three = unsure
+        for i in range(10):
+            for _ in range(1 + i % 3):
+                page.click(f"#tile-{i}")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('status').textContent.includes('Round 3')", timeout=120_000)
+        lines = [json.loads(x)["replies"] for x in (out / "replies.jsonl").read_text().splitlines()]
+        assert lines == [[1] * 5 + [-1] * 5, [1, -1, 0] * 3 + [1]]
+        assert any(not torch.equal(a, b) for a, b in zip(before, app.agent.model().parameters()))  # it learned
+        # round 3: mark three, reload the page: the marks are kept
+        for i in range(3):
+            page.click(f"#tile-{i}")
+        page.reload()
+        page.wait_for_selector("#tile-2.like")
+        # kill the server mid-round and start it again on the same folder and port: the same round comes back
+        images = _get(url)["images"]
+        _stop(app, server)
+        app, server, url = _start(agent(), out, budget=100, port=port)
+        assert _wait_round(url, 3)["images"] == images
+        page.reload()
+        page.wait_for_selector("#tile-2.like")
+        for i in range(3, 10):
+            page.keyboard.press(str((i + 1) % 10))
+            page.keyboard.press(" ")
+        page.keyboard.press("Enter")
+        taste = ClassifierOracle("mnist", preference=(0, 6))  # the rest as a person who likes zeros and sixes would
+        for number in range(4, 11):
+            page.wait_for_function(f"document.getElementById('status').textContent.includes('Round {number} ')",
+                                   timeout=120_000)  # fmt: skip
+            shown = torch.stack([image_from_data_url(u) for u in _get(url)["images"]])
+            for i, liked in enumerate(taste.likes(shown)):
+                page.keyboard.press(str((i + 1) % 10))
+                page.keyboard.press("l" if liked else "d")
+            page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=120_000)
+        page.wait_for_function("document.querySelector('#grids img[alt=now]').complete", timeout=120_000)
+        page.screenshot(path=str(shots / "after10.png"), full_page=True)
+        browser.close()
+    _stop(app, server)
+    assert len((out / "replies.jsonl").read_text().splitlines()) == 10 and (out / "model.safetensors").exists()
+    assert np.isclose(json.loads((out / "replies.jsonl").read_text().splitlines()[2])["replies"].count(0), 7)
