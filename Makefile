@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,clip,sb3,zoo]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,clip,sb3,zoo,ray]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

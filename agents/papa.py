@@ -23,6 +23,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample, sample_many
+from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
 T = SCHEDULER_CONFIG["num_train_timesteps"]
@@ -148,9 +149,10 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
         ``{"loss", "losses/pref", "losses/model"}`` as floats; with ``backward=False`` also ``"tensor"``.
     """
     b, m = timesteps.shape
-    abar, w = noise_schedule()
+    abar, w = (v.to(x0.device) for v in noise_schedule())
     scale = (T - cfg.k) / m  # 1. m uniform draws of t in [k, T) estimate a sum of T - k terms (1 for the full sum)
-    rows_img, rows_t = torch.arange(b).repeat_interleave(m), timesteps.reshape(-1)
+    rows = shard(b * m)  # this process's rows: all of them, or its share under torchrun (papa_env.distributed)
+    rows_img, rows_t = torch.arange(b).repeat_interleave(m)[rows], timesteps.reshape(-1)[rows]
     liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
     total, pref_sum, model_sum = torch.zeros(()), 0.0, 0.0
     for start in range(0, len(rows_t), chunk):
@@ -183,11 +185,11 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
 
 # ALGO LOGIC: the agent -------------------------------------------------------------------------------
 class PAPA:
-    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained ``unet`` (copied: the original is the frozen base),
-    with ``config`` a :class:`PAPAConfig` or a :data:`PRESETS` name; an agent of ``papa_env.session.run_session``."""
+    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained ``unet`` (copied: the original is the frozen base;
+    on the device it lives on), with ``config`` a :class:`PAPAConfig` or a :data:`PRESETS` name."""
 
-    side_by_side: bool = True
-    """tuned and base queries sampled in two threads at once (False: one after the other; the same images)"""
+    side_by_side = True  # tuned and base queries sampled in two threads at once (False: in turn; the same images)
+    distributed = True  # learn() splits its rows across torchrun's processes (papa_env.distributed)
 
     def __init__(self, unet: torch.nn.Module, config: PAPAConfig | str = "epapa") -> None:
         if isinstance(config, str) and config not in PRESETS:
@@ -204,8 +206,8 @@ class PAPA:
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.updates = 0
-        self.buffer_x, self.buffer_y = torch.zeros(0), torch.zeros(0)  # every signed reply so far (no skips)
+        self.updates, self.device = 0, next(unet.parameters()).device
+        self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the tuned model's, then ``base_queries`` of the base model's, one generator."""
@@ -217,34 +219,37 @@ class PAPA:
         return torch.cat(parts).numpy()
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        cfg = self.cfg
-        return sample(self.policy, n, sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta,
-                      generator=generator)  # fmt: skip
+        c = self.cfg
+        return sample(self.policy, n, sampler=c.sampler, num_steps=c.num_sampling_steps, eta=c.eta, generator=generator)
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         """One interaction's update from the replies (K,) to ``queries`` (K, 1, 28, 28)."""
-        x0 = torch.as_tensor(np.asarray(queries), dtype=torch.float32)
-        y = reply_signs(replies, self.cfg.full_exploitation)
+        x0 = torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(self.device)
+        y = reply_signs(replies, self.cfg.full_exploitation).to(self.device)
         if len(x0) != len(y):
             raise ValueError(f"{len(x0)} queries but {len(y)} replies")
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
-        if (baseline := self._baseline(y)) is not None:
+        # the reply baseline b: the mean of the last `reply_baseline` signed replies, this interaction's included
+        recent = torch.cat([self.buffer_y, y[y != 0]])[-(self.cfg.reply_baseline or 1) :]
+        if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
         self.unet.train()
         for xb, yb in self._batches(x0, y):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
-            timesteps = draw_timesteps(len(xb), self.cfg, self.generator)
-            noise = torch.randn(xb.shape, generator=self.generator)
+            timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
+            noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
             self.opt.zero_grad(set_to_none=True)
             out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
+            all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
             self.opt.step()
             if self.ema is not None:
                 self.ema.step(self.unet.parameters())
             self.updates += 1
-            for key in ("loss", "losses/pref", "losses/model"):
-                stats[key] += out[key]
+            keys = ("loss", "losses/pref", "losses/model")
+            for key, value in zip(keys, all_reduce_sum([out[key] for key in keys])):
+                stats[key] += value
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
         if self.ema is not None:
@@ -253,13 +258,6 @@ class PAPA:
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
         self.buffer_y = torch.cat([self.buffer_y, y[keep]])
         return stats
-
-    def _baseline(self, y: torch.Tensor) -> float | None:
-        """The mean of the last ``reply_baseline`` signed replies, this interaction's included (None: no baseline)."""
-        if self.cfg.reply_baseline is None:
-            return None
-        recent = torch.cat([self.buffer_y, y[y != 0]])[-self.cfg.reply_baseline :]
-        return float(recent.mean()) if len(recent) else None
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor):
         """The (queries, signs) of each optimizer step: the authors' one pass in batches of ``batch_size``, or

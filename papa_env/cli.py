@@ -121,12 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     def threads(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
+    def device(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--device", default="auto", help="auto (cuda if there is one, else cpu), cpu, cuda, cuda:1")
+
     d = sub.add_parser("demo", help="the main job: what `make demo` runs (EPAPA aligns the MNIST model)")
     d.add_argument("--out", default="runs/demo", help="run folder (an existing run there is resumed)")
     d.add_argument("--seed", type=int, default=0, help="seed of the session (user noise, queries, updates)")
     d.add_argument("--preset", default="epapa", choices=sorted(PRESETS), help="the PAPA preset")
     d.add_argument("--budget", type=int, default=300, help="replies (a multiple of 10)")
     threads(d)
+    device(d)
 
     r = sub.add_parser(
         "run",
@@ -143,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-samples", type=int, default=200, help="fresh samples per evaluation")
     r.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<env>-s<seed>); resumed if there")
     r.add_argument("--log", default=None, help="append the session's summary (one JSON line) to this file")
+    r.add_argument("--model", default=None, help="the base model: a shipped name or a .safetensors file (default: "
+                   "the env's)")  # fmt: skip
     threads(r)
+    device(r)
     cfg = r.add_argument_group("PAPAConfig fields (override the preset's)")
     add_dataclass_args(cfg, PAPAConfig, only_given=True, exclude=("seed",))
 
@@ -158,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bot", default=None, help="a simulated user (registered name) answers through the page's API")
     v.add_argument("--preference", default=None, help="the bot's taste as JSON, e.g. '[1, 4]'")
     threads(v)
+    device(v)
 
     s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model or a run's weights")
     s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")
@@ -242,7 +250,23 @@ def cmd_sample(ns: argparse.Namespace) -> Path:
     return out
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda if torch sees one, else cpu; anything else checked (ValueError for what torch cannot use)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device; use --device cpu")
+    return name
+
+
 def cmd_run(ns: argparse.Namespace) -> dict:
+    from papa_env import distributed
     from papa_env.agents.papa import PRESETS, PAPAConfig
     from papa_env.demo import run_papa
 
@@ -255,9 +279,13 @@ def cmd_run(ns: argparse.Namespace) -> dict:
         except json.JSONDecodeError as err:
             raise ValueError(f"--preference must be JSON, e.g. '[1, 4]' or '\"thin\"'; got {ns.preference!r}") from err
     out = _out_folder(ns.out or f"runs/{ns.preset}-{ns.env}-s{ns.seed}")
+    device = resolve_device(ns.device)
+    rank, _ = distributed.init(device)  # under torchrun: this process's rank (papa_env.distributed)
+    unet = load_unet(ns.model) if ns.model else None
     _, summary = run_papa(ns.env, config, out, seed=ns.seed, budget=ns.budget, eval_every=ns.eval_every,
-                       eval_samples=ns.eval_samples, env_kwargs=env_kwargs, label=ns.preset)  # fmt: skip
-    if ns.log:
+                       eval_samples=ns.eval_samples, env_kwargs=env_kwargs, label=ns.preset, unet=unet,
+                       device=device)  # fmt: skip
+    if ns.log and rank == 0:
         with open(ns.log, "a") as f:
             f.write(json.dumps(summary) + "\n")
     return summary
@@ -314,7 +342,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from papa_env.demo import run_demo
 
         _positive_multiple("budget", ns.budget)
-        run_demo(out=_out_folder(ns.out), seed=ns.seed, preset=ns.preset, budget=ns.budget)
+        run_demo(out=_out_folder(ns.out), seed=ns.seed, preset=ns.preset, budget=ns.budget,
+                 device=resolve_device(ns.device))  # fmt: skip
     return 0
 
 

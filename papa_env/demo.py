@@ -26,17 +26,23 @@ def run_papa(
     eval_samples: int = 200,
     env_kwargs: dict[str, Any] | None = None,
     label: str = "",
+    unet: Any = None,
+    device: str = "cpu",
 ) -> tuple[list[dict], dict[str, Any]]:
     """One session of ``PAPA(<env's base model>, config)`` in ``out``; prints its table, returns its evaluation
     records and their summary (:func:`papa_env.evaluation.summarize`)."""
     import papa_env  # noqa: F401  (registers the env ids)
     from papa_env.agents.papa import PAPA
+    from papa_env.distributed import world
     from papa_env.evaluation import Evaluator, liked_classes, summarize
     from papa_env.models import load_pretrained
     from papa_env.session import run_session
 
     env = gym.make(env_id, feedback_budget=budget, **(env_kwargs or {}))
-    agent = PAPA(load_pretrained(env.unwrapped.base_model), config)
+    agent = PAPA((unet if unet is not None else load_pretrained(env.unwrapped.base_model)).to(device), config)
+    quiet = world()[0] > 0  # under torchrun, only rank 0 reports
+    if quiet:
+        return run_session(agent, env, out, eval_every=eval_every, seed=seed, progress=False), {}
     print(f"papa: {agent.name}{f' ({label} preset)' if label else ''} aligns {env.unwrapped.base_model} to "
           f"{env.unwrapped.oracle!r} with {budget} replies; run folder {out}")  # fmt: skip
     t0 = time.perf_counter()
@@ -56,6 +62,7 @@ def run_demo(
     preset: str = "epapa",
     budget: int = 300,
     eval_samples: int = 200,
+    device: str = "cpu",
 ) -> list[dict]:
     """Run the demo session and print its table; returns the evaluation records."""
     from dataclasses import replace
@@ -63,7 +70,7 @@ def run_demo(
     from papa_env.agents.papa import PRESETS
 
     records, _ = run_papa("PAPA-MNIST-v0", replace(PRESETS[preset], seed=0), out, seed=seed, budget=budget,
-                          eval_every=100, eval_samples=eval_samples, label=preset)  # fmt: skip
+                          eval_every=100, eval_samples=eval_samples, label=preset, device=device)  # fmt: skip
     return records
 
 

@@ -140,6 +140,7 @@ def sample(
         raise ValueError(f"initial_noise must have shape {(n, *shape)}, got {tuple(initial_noise.shape)}")
     was_training = unet.training
     unet.eval()
+    device = next(unet.parameters()).device  # noise is drawn on the CPU (same images anywhere), then moved
     out = []
     batches = range(0, n, batch_size)
     if progress:
@@ -149,11 +150,11 @@ def sample(
     for start in batches:
         b = min(batch_size, n - start)
         if initial_noise is not None:
-            x = initial_noise[start : start + b].to(torch.float32)
+            x = initial_noise[start : start + b].to(device=device, dtype=torch.float32)
         else:
-            x = torch.randn((b, *shape), generator=generator)
-        step_noise = _draw_noise((b, *shape), sampler, eta, num_steps, generator)
-        out.append(_denoise(unet, sched, x, sampler, eta, generator, step_noise))
+            x = torch.randn((b, *shape), generator=generator).to(device)
+        step_noise = [z.to(device) for z in _draw_noise((b, *shape), sampler, eta, num_steps, generator)]
+        out.append(_denoise(unet, sched, x, sampler, eta, generator, step_noise).cpu())
     unet.train(was_training)
     return torch.cat(out)
 
@@ -223,8 +224,12 @@ def sample_many(
         # each stream its own scheduler copy: diffusers' DDIM step keeps no state between steps, but one
         # object shared across threads is a trap for whoever changes the sampler
         own = copy.deepcopy(sched)
+        device = next(unets[i].parameters()).device
         with torch.no_grad():
-            return torch.cat([_denoise(unets[i], own, x, sampler, eta, None, z) for x, z in streams[i]])
+            return torch.cat(
+                [_denoise(unets[i], own, x.to(device), sampler, eta, None, [n.to(device) for n in z]).cpu()
+                 for x, z in streams[i]]
+            )  # fmt: skip
 
     global _POOL, _POOL_WORKERS
     if _POOL is None or _POOL_WORKERS < len(unets):

@@ -138,6 +138,8 @@ def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict
     """A session's evaluations in one line: like-rate at each evaluation (the judge's where the taste is made of
     classes, else the user's), judge confidence before -> after, the largest class share at any evaluation, each
     liked class's share at the end, seconds per interaction, update rows and any collapse."""
+    if not records:
+        return {"replies": []}  # a session run without evaluations
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     liked_shares = {str(c): round(records[-1][f"eval/class_share/{c}"], 3) for c in liked or ()}
     secs = [r["charts/seconds_per_interaction"] for r in records if "charts/seconds_per_interaction" in r]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import time
@@ -186,17 +187,75 @@ def run_one(spec: SessionSpec, root: str | os.PathLike, threads: int | None = No
     return result
 
 
-def run_many(specs: list[SessionSpec], root: str | os.PathLike, workers: int = 1) -> list[dict[str, Any]]:
-    """Every session, in ``workers`` processes (each with its share of the CPU threads); results in spec order."""
+def run_many(
+    specs: list[SessionSpec],
+    root: str | os.PathLike,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every session; results in spec order.
+
+    ``backend="local"``: in ``workers`` processes of this machine (each with its share of the CPU threads).
+    ``backend="ray"``: each session a Ray task asking for that many CPUs, on a local Ray started here with
+    ``workers`` x threads CPUs, or on the cluster at ``address`` (``"auto"``: the one this machine belongs to); a
+    task's run folder comes back to ``root`` with its result when the driver does not see the worker's disk.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if backend == "ray":
+        return _run_on_ray(specs, Path(root), workers, threads, address)
+    if backend != "local":
+        raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
     if workers <= 1:
         return [run_one(s, root) for s in specs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(run_one, s, root, threads) for s in specs]
         return [f.result() for f in futures]
+
+
+def _run_packed(spec: SessionSpec, root: str, threads: int, pack: bool) -> tuple[dict[str, Any], bytes | None]:
+    """:func:`run_one`, and (``pack``) the session's folder as a tar.gz, for a driver that cannot see this disk."""
+    result = run_one(spec, root, threads)
+    if not pack:
+        return result, None
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(spec.folder(Path(root)), arcname=".")
+    return result, buf.getvalue()
+
+
+def _run_on_ray(specs, root: Path, workers: int, threads: int, address: str | None) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("the ray backend needs ray: pip install 'papa-env[ray]'") from err
+    started = not ray.is_initialized()
+    if started:
+        kwargs = {"address": address} if address else {"num_cpus": workers * threads}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    try:
+        task = ray.remote(num_cpus=threads)(_run_packed)
+        pack = address is not None  # a cluster's workers may not share this disk
+        outputs = ray.get([task.remote(s, str(root.resolve()), threads, pack) for s in specs])
+    finally:
+        if started:
+            ray.shutdown()
+    results = []
+    for spec, (result, archive) in zip(specs, outputs):
+        folder = spec.folder(root)
+        if archive is not None and not (folder / "result.json").exists():
+            import tarfile
+
+            folder.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+                tar.extractall(folder, filter="data")
+        results.append(result)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -628,6 +687,18 @@ def build_parser() -> argparse.ArgumentParser:
         "back, not rerun, and its agents join this comparison",
     )
     p.add_argument("--workers", type=int, default=1, help="sessions side by side, each in its own process")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool on this machine; ray: Ray tasks (pip install 'papa-env[ray]')",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="with --backend ray: a running cluster's address ('auto': the one this machine is in); "
+        "default: a local Ray with --workers x threads CPUs",
+    )
     p.add_argument("--no-grid", action="store_true", help="skip the final samples grid")
     return p
 
@@ -688,7 +759,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = Path(a.out) / tag
     reused = load_reused(a.reuse, a.seeds, a.budget, a.eval_every) if a.reuse else []
     todo = [s for s in specs if not any(r["agent"] == s.label and r["seed"] == s.seed for r in reused)]
-    done = run_many(todo, root, a.workers)
+    done = run_many(todo, root, a.workers, a.backend, a.address)
     results = _ordered([*reused, *done])
     rows = write_outputs(results, root, tag, suite=bool(a.suite))
     if not a.no_grid:

@@ -317,7 +317,9 @@ def main(ns: Any) -> dict[str, Any] | None:
 
     path = pretrained_path(ns.model) if ns.model.endswith("-ddpm") else Path(ns.model)
     dataset = model_metadata(path).get("dataset", "mnist")
-    agent = PAPA(load_unet(ns.model), PRESETS[ns.preset])
+    from papa_env.cli import resolve_device
+
+    agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), PRESETS[ns.preset])
     app = App(agent, ns.out, budget=ns.budget, dataset=dataset, seed=ns.seed)
     server = serve(app, ns.host, ns.port)
     url = f"http://{ns.host}:{server.server_address[1]}"

@@ -119,11 +119,25 @@ def run_session(
     """
     if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"eval_every must be an int >= 0 (0: no evaluation), got {eval_every!r}")
+    from papa_env.distributed import Leader, follow, world
+
+    rank, size = world()
+    if size > 1:  # one session across torchrun's processes: rank 0 runs it, the others replay its updates
+        if not getattr(agent, "distributed", False):
+            raise ValueError(f"{agent.name} cannot split its update across processes: run it in one process")
+        if rank > 0:
+            follow(agent)
+            return []
+        agent = Leader(agent)
     if eval_every and evaluator is None:
         evaluator = Evaluator(env)
-    run = _Run(agent, env, RunFolder(run_dir) if run_dir is not None else None, evaluator if eval_every else None)
-    run.start(seed, eval_every)
-    run.loop(progress, stop_after_steps)
+    try:
+        run = _Run(agent, env, RunFolder(run_dir) if run_dir is not None else None, evaluator if eval_every else None)
+        run.start(seed, eval_every)
+        run.loop(progress, stop_after_steps)
+    finally:
+        if size > 1:
+            agent.close()
     return run.records
 
 

@@ -186,3 +186,18 @@ def test_suite_report_aggregates_groups_and_finds_the_worst_taste() -> None:
     report = harness.suite_tables(results)
     assert "| mnist | 2 | 2 | 0.500 | 0.800 | 0.900 | 0.900 | 0.850 (b) | inf |" in report
     assert "| all | 3 | 3 |" in report and "0.850 (b)" in report.split("| all |")[1]
+
+
+@pytest.mark.slow
+def test_ray_on_a_local_cluster_writes_the_same_results_as_the_local_pool(tmp_path) -> None:
+    pytest.importorskip("ray")
+    args = ["--quick", "--agents", "base,epapa", "--seeds", "1", "--budget", "10", "--eval-every", "10"]
+    args += ["--eval-samples", "10", "--no-grid"]
+    local = harness.main([*args, "--workers", "2", "--out", str(tmp_path / "local")])
+    on_ray = harness.main([*args, "--workers", "2", "--backend", "ray", "--out", str(tmp_path / "ray")])
+    assert [r["agent"] for r in on_ray] == [r["agent"] for r in local]
+    for a, b in zip(local, on_ray):  # the same sessions: like-rates equal up to thread-count float noise
+        assert a["like@0"] == b["like@0"] and abs(a["like@10"] - b["like@10"]) <= 0.1
+    root = tmp_path / "ray" / "PAPA-MNIST-v0-quick"
+    assert (root / "results.jsonl").exists() and (root / "epapa-s0" / "replies.jsonl").exists()
+    harness.main([*args, "--workers", "2", "--backend", "ray", "--out", str(tmp_path / "ray")])  # read back: no rerun

@@ -35,8 +35,9 @@ LAYERS = {
             "metrics",
             "viz",
             "runfolder",
+            "distributed",
         )
-    },  # fmt: skip
+    },
     "papa_env": 0,
     "papa_env.oracles": 0,
     # the diffusion math every agent shares, and what trains the base models with it

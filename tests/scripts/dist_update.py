@@ -1,0 +1,31 @@
+"""One PAPA update, run under torchrun by tests/test_distributed.py: rank 0 saves the weights after it.
+
+torchrun --standalone --nproc_per_node=2 tests/scripts/dist_update.py MODEL K OUT
+"""
+
+import sys
+
+import numpy as np
+import torch
+
+from papa_env import distributed
+from papa_env.agents.papa import PAPA, PAPAConfig
+from papa_env.models import load_model, save_model
+
+
+def update(model: str, k: int) -> PAPA:
+    """One optimizer step on 4 queries, every process computing its share of the rows: PAPA's full timestep sum
+    (k = 0) or EPAPA's (k > 0). The summed gradients stay on the parameters."""
+    torch.set_num_threads(1)
+    agent = PAPA(load_model(model), PAPAConfig(k=k, timesteps_per_image=None, batch_size=4, lr=1e-3, model_coef=0.5))
+    queries = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)).numpy() * 2 - 1
+    agent.learn(queries, np.array([1, -1, 1, 0]))
+    return agent
+
+
+if __name__ == "__main__":
+    distributed.init("cpu")
+    agent = update(sys.argv[1], int(sys.argv[2]))
+    if distributed.world()[0] == 0:
+        save_model(agent.unet, sys.argv[3])
+        torch.save([p.grad for p in agent.unet.parameters()], sys.argv[3] + ".grads")  # the test's own file
