@@ -7,26 +7,30 @@ gives no gradient). For every stochastic step, with the frozen pretrained model 
     r = clamp(exp(log p_theta(x_{t-1} | x_t) - log p_ref(x_{t-1} | x_t)), 1 - eps, 1 + eps)
     loss = -log sigmoid(beta log r_winner - beta log r_loser)
 
-(the clamp of the authors' code bounds the loss to about [0.683, 0.703], so "stuck at 0.693" is expected),
-gradients accumulated over all steps and pairs, one AdamW step (lr 3e-5, weight decay 1e-4, clip 1.0).
+(the clamp of the reference code bounds the loss to about [0.683, 0.703], so "stuck at 0.693" is expected).
+As the reference's train_d3po.py: gradients accumulated over a pair's steps, one AdamW step per pair (train batch
+1; lr 3e-5, weight decay 1e-4, clip 1.0), the pairs in a shuffled order, ``inner_epochs`` passes. ``replay``
+earlier decided pairs (from the last ``replay_buffer``) join each interaction's pairs: D3PO learns offline from
+stored preferences as readily as online. Departures from the reference: ``docs/baselines.md``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from papa_env.agents.trajectory import TrajectoryAgent
-from papa_env.diffusion import sample_trajectory, trajectory_log_probs
+from papa_env.diffusion import Trajectory, sample_trajectory, trajectory_log_probs
 
 
 @dataclass
 class D3POConfig:
-    """D3PO settings (defaults: the authors')."""
+    """D3PO settings (defaults: the reference's)."""
 
     lr: float = 3e-5
     """AdamW learning rate"""
@@ -38,12 +42,29 @@ class D3POConfig:
     """clamp of the per-step likelihood ratio to [1 - eps, 1 + eps]"""
     grad_clip: float = 1.0
     """max gradient norm"""
+    inner_epochs: int = 1
+    """passes over each interaction's pairs (one optimizer step per pair and pass)"""
+    replay: int = 0
+    """earlier decided pairs, drawn uniformly from the buffer, added to each interaction's pairs (0: the reference's
+    online loop)"""
+    replay_buffer: int = 100
+    """the most recent decided pairs kept for replay (their trajectories are part of the agent's state)"""
     queries_per_step: int = 10
     """K pairs per interaction (must match the env's, in pairwise mode)"""
     num_sampling_steps: int = 20
-    """DDIM steps of a trajectory (the authors': 20)"""
+    """DDIM steps of a trajectory (the reference's: 20)"""
     eta: float = 1.0
     """DDIM noise scale (> 0: pairs diverge through it)"""
+    seed: int = 0
+    """seed of the pair order and the replay draws"""
+
+    def __post_init__(self) -> None:
+        if self.eta <= 0:
+            raise ValueError(f"D3PO needs stochastic steps: eta must be > 0, got {self.eta}")
+        if self.lr <= 0 or self.beta <= 0 or not 0 < self.eps < 1:
+            raise ValueError("lr and beta must be > 0 and eps in (0, 1)")
+        if self.inner_epochs < 1 or self.replay < 0 or self.replay_buffer < 0:
+            raise ValueError("inner_epochs must be >= 1, replay and replay_buffer >= 0")
 
 
 def d3po_loss(
@@ -66,15 +87,12 @@ class D3PO(TrajectoryAgent):
     name = "d3po"
 
     def __init__(self, unet: torch.nn.Module, config: D3POConfig | None = None) -> None:
-        config = config or D3POConfig()
-        if config.eta <= 0:
-            raise ValueError(f"D3PO needs stochastic steps: eta must be > 0, got {config.eta}")
-        if config.lr <= 0 or config.beta <= 0 or not 0 < config.eps < 1:
-            raise ValueError("lr and beta must be > 0 and eps in (0, 1)")
-        self.cfg = config
+        self.cfg = config or D3POConfig()
         self.ref = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.buffer: list[Trajectory] = []  # decided pairs, each a 2-trajectory batch: winner first
         self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
@@ -95,23 +113,44 @@ class D3PO(TrajectoryAgent):
         traj = self.check_proposal(queries)
         replies = np.asarray(replies)
         decided = np.flatnonzero(replies != 0)  # ties give no gradient
-        if len(decided) == 0:
-            return {"losses/d3po": 0.0, "charts/decided_pairs": 0.0}
-        first, second = 2 * decided, 2 * decided + 1
-        winner = torch.from_numpy(np.where(replies[decided] > 0, first, second))
-        loser = torch.from_numpy(np.where(replies[decided] > 0, second, first))
+        new = [traj.select([2 * i, 2 * i + 1] if replies[i] > 0 else [2 * i + 1, 2 * i]) for i in decided]
+        old = self.buffer
+        replayed = []
+        if self.cfg.replay and old:
+            draws = torch.randint(len(old), (self.cfg.replay,), generator=self.generator).tolist()
+            replayed = [old[i] for i in draws]
+        pairs = new + replayed
+        stats = {"losses/d3po": 0.0, "charts/decided_pairs": float(len(decided)), "compute/updates": 0.0}
         steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
+        for _ in range(self.cfg.inner_epochs if pairs else 0):
+            for p in torch.randperm(len(pairs), generator=self.generator).tolist():
+                stats["losses/d3po"] += self._step(pairs[p], steps)
+                stats["compute/updates"] += 1
+        if stats["compute/updates"]:
+            stats["losses/d3po"] /= stats["compute/updates"]
+        self.buffer = (old + new)[-self.cfg.replay_buffer :] if self.cfg.replay else []
+        return stats
+
+    def _step(self, pair: Trajectory, steps: list[int]) -> float:
+        """One AdamW step on one pair (winner first), the loss accumulated over its stochastic steps."""
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for j in steps:
-            log_prob = trajectory_log_probs(self.unet, traj, j, self.cfg.eta)
+            log_prob = trajectory_log_probs(self.unet, pair, j, self.cfg.eta)
             with torch.no_grad():
-                ref = trajectory_log_probs(self.ref, traj, j, self.cfg.eta)
-            loss = d3po_loss(
-                log_prob[winner], ref[winner], log_prob[loser], ref[loser], self.cfg.beta, self.cfg.eps
-            ).mean()
+                ref = trajectory_log_probs(self.ref, pair, j, self.cfg.eta)
+            loss = d3po_loss(log_prob[:1], ref[:1], log_prob[1:], ref[1:], self.cfg.beta, self.cfg.eps).mean()
             (loss / len(steps)).backward()
             total += loss.item() / len(steps)
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        return {"losses/d3po": total, "charts/decided_pairs": float(len(decided))}
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        buffer = [p._asdict() for p in self.buffer]
+        return {**super().state_dict(), "generator": self.generator.get_state(), "buffer": buffer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        self.buffer = [Trajectory(**p) for p in state["buffer"]]

@@ -2,39 +2,48 @@
 
 Denoising is the MDP: state (t, x_t), action x_{t-1}, the policy is the model's DDIM (eta = 1) Gaussian step,
 and the reward comes at the end: the user's reply to the final image. Per interaction: sample K trajectories,
-read the replies r, advantages A = clip((r - mean) / (std + 1e-8), -5, 5), then for each stochastic step
+read the replies r, advantages A = clip((r - mean) / (std + 1e-8), -5, 5); then, as the reference's training loop,
+``inner_epochs`` passes, each shuffling the K trajectories into minibatches of ``train_batch_size`` and taking one
+optimizer step per minibatch on the PPO-clip loss accumulated over all its stochastic steps:
 
     ratio = exp(log p_theta(x_{t-1} | x_t) - log p_old(x_{t-1} | x_t))
-    loss  = mean(max(-A ratio, -A clip(ratio, 1 - clip_range, 1 + clip_range)))            (PPO-clip)
+    loss  = mean(max(-A ratio, -A clip(ratio, 1 - clip_range, 1 + clip_range)))
+          + kl_coef * mean_t ||mu_theta - mu_base||^2 / (2 sigma_t^2)           (DPOK's KL to the base; 0: off)
 
-with gradients accumulated over the steps, one optimizer step per inner epoch, gradient clipping 1.0 and no
-KL-to-base term (as the authors). Their lr 3e-4 is for LoRA; here the whole (small) UNet is tuned.
+The first minibatch of the first pass has ratio = 1 (its policy is the sampling one); every later one is clipped
+against the sampling policy: that is where PPO acts. Gradient clipping 1.0. The reference's lr 3e-4 is for LoRA;
+here the whole (small) UNet is tuned. Departures from the reference: ``docs/baselines.md``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from papa_env.agents.trajectory import TrajectoryAgent
-from papa_env.diffusion import sample_trajectory, trajectory_log_probs
+from papa_env.diffusion import Trajectory, sample_trajectory, trajectory_log_probs
 
 
 @dataclass
 class DDPOConfig:
-    """DDPO settings."""
+    """DDPO settings (defaults: the reference's, but the lr, which is for full fine-tuning here)."""
 
     lr: float = 1e-5
-    """Adam learning rate (full fine-tuning; the authors' 3e-4 is for LoRA)"""
+    """Adam learning rate (full fine-tuning; the reference's 3e-4 is for LoRA)"""
     clip_range: float = 1e-4
-    """PPO clip range on the per-step ratio (the authors': 1e-4; log-probs are means over pixels)"""
+    """PPO clip range on the per-step ratio (the reference's; log-probs are means over pixels)"""
     adv_clip_max: float = 5.0
     """advantages are clipped to [-adv_clip_max, adv_clip_max]"""
     inner_epochs: int = 1
     """passes over each interaction's trajectories"""
+    train_batch_size: int = 2
+    """trajectories per optimizer step (K / train_batch_size steps per pass; the reference takes several)"""
+    kl_coef: float = 0.0
+    """weight of the KL between the tuned and the base model's steps (DPOK's regulariser; 0: none, as DDPO)"""
     grad_clip: float = 1.0
     """max gradient norm"""
     queries_per_step: int = 10
@@ -43,6 +52,16 @@ class DDPOConfig:
     """DDIM steps of a trajectory"""
     eta: float = 1.0
     """DDIM noise scale (> 0: the policy must be stochastic)"""
+    seed: int = 0
+    """seed of the minibatch shuffling"""
+
+    def __post_init__(self) -> None:
+        if self.eta <= 0:
+            raise ValueError(f"DDPO needs a stochastic policy: eta must be > 0, got {self.eta}")
+        if self.lr <= 0 or self.clip_range <= 0 or self.inner_epochs < 1 or self.train_batch_size < 1:
+            raise ValueError("lr and clip_range must be > 0, inner_epochs and train_batch_size >= 1")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):
@@ -69,20 +88,61 @@ def advantages_from_replies(replies: np.ndarray | torch.Tensor, adv_clip_max: fl
     return ((r - r.mean()) / (r.std(unbiased=False) + 1e-8)).clamp(-adv_clip_max, adv_clip_max)
 
 
+def ddpo_update(
+    unet: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    traj: Trajectory,
+    adv: torch.Tensor,
+    cfg: Any,
+    generator: torch.Generator,
+    base: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """The reference's training loop on one batch of trajectories (see the module docstring); shared with the
+    reward-model agent. ``cfg`` has ``inner_epochs``, ``train_batch_size``, ``clip_range``, ``grad_clip``, ``eta``
+    and ``kl_coef`` (which needs ``base``). Returns the mean loss, approximate KL to the sampling policy, clip
+    fraction and KL to the base, and the number of optimizer steps."""
+    steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
+    stats = {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "charts/kl_to_base": 0.0}
+    n_terms, updates = 0, 0
+    for _ in range(cfg.inner_epochs):
+        order = torch.randperm(len(adv), generator=generator)
+        for start in range(0, len(order), cfg.train_batch_size):
+            idx = order[start : start + cfg.train_batch_size]
+            batch = traj.select(idx)
+            opt.zero_grad(set_to_none=True)
+            for j in steps:
+                log_prob, mean, std = trajectory_log_probs(unet, batch, j, cfg.eta, with_mean=True)
+                loss, s = ddpo_loss(log_prob, batch.log_probs[j], adv[idx], cfg.clip_range)
+                if cfg.kl_coef and base is not None:
+                    with torch.no_grad():
+                        _, base_mean, _ = trajectory_log_probs(base, batch, j, cfg.eta, with_mean=True)
+                    kl = (((mean - base_mean) ** 2).mean((1, 2, 3)) / (2 * std**2)).mean()
+                    loss = loss + cfg.kl_coef * kl
+                    stats["charts/kl_to_base"] += float(kl.detach())
+                (loss / len(steps)).backward()
+                stats["losses/policy"] += loss.item()
+                stats["charts/approx_kl"] += s["approx_kl"]
+                stats["charts/clipfrac"] += s["clipfrac"]
+                n_terms += 1
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            opt.step()
+            updates += 1
+    out = {k: v / max(n_terms, 1) for k, v in stats.items()}
+    out["compute/updates"] = float(updates)
+    return out
+
+
 class DDPO(TrajectoryAgent):
-    """DDPO around a pretrained UNet (copied; the original is left untouched)."""
+    """DDPO around a pretrained UNet (copied; the original is left untouched, the base of ``kl_coef``)."""
 
     name = "ddpo"
 
     def __init__(self, unet: torch.nn.Module, config: DDPOConfig | None = None) -> None:
-        config = config or DDPOConfig()
-        if config.eta <= 0:
-            raise ValueError(f"DDPO needs a stochastic policy: eta must be > 0, got {config.eta}")
-        if config.lr <= 0 or config.clip_range <= 0 or config.inner_epochs < 1:
-            raise ValueError("lr and clip_range must be > 0, inner_epochs >= 1")
-        self.cfg = config
+        self.cfg = config or DDPOConfig()
+        self.base = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
-        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.lr)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
@@ -98,19 +158,13 @@ class DDPO(TrajectoryAgent):
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         traj = self.check_proposal(queries)
         adv = advantages_from_replies(replies, self.cfg.adv_clip_max)
-        steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
-        stats = {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0}
         if float(adv.abs().sum()) == 0.0:  # all replies equal: no signal
-            return stats
-        for _ in range(self.cfg.inner_epochs):
-            self.opt.zero_grad(set_to_none=True)
-            for j in steps:
-                log_prob = trajectory_log_probs(self.unet, traj, j, self.cfg.eta)
-                loss, s = ddpo_loss(log_prob, traj.log_probs[j], adv, self.cfg.clip_range)
-                (loss / len(steps)).backward()
-                stats["losses/policy"] += loss.item() / len(steps) / self.cfg.inner_epochs
-                stats["charts/approx_kl"] += s["approx_kl"] / len(steps) / self.cfg.inner_epochs
-                stats["charts/clipfrac"] += s["clipfrac"] / len(steps) / self.cfg.inner_epochs
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
-            self.opt.step()
-        return stats
+            return {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "compute/updates": 0.0}
+        return ddpo_update(self.unet, self.opt, traj, adv, self.cfg, self.generator, self.base)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])

@@ -2,8 +2,9 @@
 
 Per interaction: show K queries (K replies, the same budget as every agent), add them to the reply dataset,
 refit a small CNN reward model on all replies so far (logistic regression on like / dislike; skips are
-left out), then run ``rl_updates`` DDPO updates on fresh trajectories scored by the reward model (these cost
-no replies). The DDPO step is :mod:`papa_env.agents.ddpo`'s.
+left out), then run ``rl_updates`` DDPO rounds on fresh trajectories scored by the reward model (these cost
+no replies). The DDPO training loop is :func:`papa_env.agents.ddpo.ddpo_update` (minibatches, inner epochs, the
+clip, an optional KL to the base).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from papa_env.agents.ddpo import advantages_from_replies, ddpo_loss
-from papa_env.diffusion import sample, sample_trajectory, trajectory_log_probs
+from papa_env.agents.ddpo import advantages_from_replies, ddpo_update
+from papa_env.diffusion import sample, sample_trajectory
 
 
 @dataclass
@@ -32,13 +33,19 @@ class RewardModelConfig:
     rm_epochs: int = 20
     """passes over all replies so far at each refit"""
     rl_updates: int = 2
-    """DDPO updates on reward-model-scored trajectories per interaction"""
+    """DDPO rounds on fresh trajectories scored by the reward model per interaction (they cost no replies)"""
     rl_batch: int = 16
-    """trajectories per DDPO update"""
+    """trajectories per DDPO round"""
     lr: float = 1e-5
     """Adam learning rate of the diffusion model"""
     clip_range: float = 1e-4
     """DDPO's PPO clip range"""
+    inner_epochs: int = 1
+    """DDPO passes over each round's trajectories"""
+    train_batch_size: int = 4
+    """trajectories per DDPO optimizer step"""
+    kl_coef: float = 0.0
+    """DDPO's KL to the base model (DPOK; 0: none)"""
     grad_clip: float = 1.0
     """max gradient norm of the diffusion model"""
     queries_per_step: int = 10
@@ -48,7 +55,7 @@ class RewardModelConfig:
     eta: float = 1.0
     """DDIM noise scale"""
     seed: int = 0
-    """seed of the agent's own randomness"""
+    """seed of the agent's own randomness (reward model init, its minibatches, the DDPO rounds' samples)"""
 
 
 class RewardCNN(nn.Module):
@@ -73,6 +80,7 @@ class RewardModelDDPO:
 
     def __init__(self, unet: torch.nn.Module, config: RewardModelConfig | None = None) -> None:
         self.cfg = config or RewardModelConfig()
+        self.base = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.lr)
         with torch.random.fork_rng(devices=[]):  # seeded init, without touching the caller's global RNG
@@ -110,28 +118,17 @@ class RewardModelDDPO:
         keep = replies != 0
         self.images.append(torch.as_tensor(np.asarray(queries)[keep], dtype=torch.float32))
         self.labels.append(torch.as_tensor(replies[keep] > 0, dtype=torch.float32))
-        stats = {"losses/reward_model": self.fit_reward_model(), "losses/policy": 0.0}
+        stats = {"losses/reward_model": self.fit_reward_model(), "losses/policy": 0.0, "compute/updates": 0.0}
         for _ in range(self.cfg.rl_updates):
-            traj = sample_trajectory(
-                self.unet,
-                self.cfg.rl_batch,
-                num_steps=self.cfg.num_sampling_steps,
-                eta=self.cfg.eta,
-                generator=self.generator,
-            )
+            traj = sample_trajectory(self.unet, self.cfg.rl_batch, num_steps=self.cfg.num_sampling_steps,
+                                     eta=self.cfg.eta, generator=self.generator)  # fmt: skip
             with torch.no_grad():
                 rewards = torch.sigmoid(self.reward_model(traj.images))
-            adv = advantages_from_replies(rewards)
-            steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
-            self.opt.zero_grad(set_to_none=True)
-            for j in steps:
-                loss, _ = ddpo_loss(
-                    trajectory_log_probs(self.unet, traj, j, self.cfg.eta), traj.log_probs[j], adv, self.cfg.clip_range
-                )
-                (loss / len(steps)).backward()
-                stats["losses/policy"] += loss.item() / len(steps) / self.cfg.rl_updates
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
-            self.opt.step()
+            out = ddpo_update(self.unet, self.opt, traj, advantages_from_replies(rewards), self.cfg, self.generator,
+                              self.base)  # fmt: skip
+            stats["losses/policy"] += out["losses/policy"] / self.cfg.rl_updates
+            stats["compute/updates"] += out["compute/updates"]
+            stats["charts/clipfrac"] = out["charts/clipfrac"]
         return stats
 
     def model(self) -> torch.nn.Module:

@@ -292,6 +292,25 @@ def elbo_weights(scheduler) -> torch.Tensor:
     return w.float()
 
 
+def ddim_mean_std(
+    scheduler, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1.-3. of :func:`ddim_step_with_logprob`: the Gaussian mean (B, C, H, W) and std (a scalar) of the DDIM
+    step from x_t = ``sample`` with predicted noise ``model_output``."""
+    t = int(timestep)
+    step_size = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    t_prev = t - step_size
+    abar_t = scheduler.alphas_cumprod[t]
+    abar_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()  # 1.
+    if scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # 2.
+    std = eta * variance.sqrt()
+    return abar_prev.sqrt() * x0 + (1 - abar_prev - std**2).sqrt() * model_output, std  # 3.
+
+
 def ddim_step_with_logprob(
     scheduler,
     model_output: torch.Tensor,
@@ -325,18 +344,7 @@ def ddim_step_with_logprob(
         (prev_sample, log_prob (B,), sigma_t). When sigma_t is 0 (the last step, abar_prev = 1) the step is
         deterministic and log_prob is 0 (a point mass: no gradient flows through it).
     """
-    t = int(timestep)
-    step_size = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    t_prev = t - step_size
-    abar_t = scheduler.alphas_cumprod[t]
-    abar_prev = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
-    x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()  # 1.
-    if scheduler.config.clip_sample:
-        r = scheduler.config.clip_sample_range
-        x0 = x0.clamp(-r, r)
-    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # 2.
-    std = eta * variance.sqrt()
-    mean = abar_prev.sqrt() * x0 + (1 - abar_prev - std**2).sqrt() * model_output  # 3.
+    mean, std = ddim_mean_std(scheduler, model_output, timestep, sample, eta)  # 1.-3.
     if prev_sample is None:  # 4.
         if eta > 0:
             noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype)
@@ -375,6 +383,12 @@ class Trajectory(NamedTuple):
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray]) -> Trajectory:
         return cls(**{k: torch.from_numpy(np.asarray(arrays[k])) for k in cls._fields})
+
+    def select(self, index: torch.Tensor | list[int]) -> Trajectory:
+        """The trajectories ``index`` of the batch (a minibatch of them)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return self._replace(images=self.images[index], latents=self.latents[:, index],
+                             log_probs=self.log_probs[:, index])  # fmt: skip
 
 
 @torch.no_grad()
@@ -462,15 +476,20 @@ def trajectory_log_probs(
     traj: Trajectory,
     step: int,
     eta: float = DEFAULT_ETA,
-) -> torch.Tensor:
+    with_mean: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p_theta(x_{t-1} | x_t) of a stored trajectory's step ``step`` under ``unet``, (B,), differentiable.
 
     The policy-gradient baselines (DDPO, D3PO) re-evaluate the sampled actions under the current (or the
-    reference) model with this; at the sampling model's own weights it equals ``traj.log_probs[step]``.
+    reference) model with this; at the sampling model's own weights it equals ``traj.log_probs[step]``. With
+    ``with_mean``: (log_prob, the step's Gaussian mean (B, C, H, W), its std), for a KL between two models' steps.
     """
     sched = make_sampling_scheduler("ddim", len(traj.timesteps))
     t = traj.timesteps[step]
     x_t = traj.latents[step]
     eps = unet(x_t, t.expand(len(x_t))).sample
     _, log_prob, _ = ddim_step_with_logprob(sched, eps, t, x_t, eta, prev_sample=traj.latents[step + 1])
-    return log_prob
+    if not with_mean:
+        return log_prob
+    mean, std = ddim_mean_std(sched, eps, t, x_t, eta)
+    return log_prob, mean, std

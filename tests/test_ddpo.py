@@ -29,7 +29,7 @@ def test_ddpo_advantages() -> None:
 
 
 def test_ddpo_ratio_is_one_on_the_first_inner_step_and_learning_moves_the_model(tiny_unet) -> None:
-    agent = DDPO(tiny_unet, DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3))
+    agent = DDPO(tiny_unet, DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3, train_batch_size=4))
     queries = agent.propose(torch.Generator().manual_seed(0))
     traj = agent._traj
     for j in range(4):
@@ -38,9 +38,28 @@ def test_ddpo_ratio_is_one_on_the_first_inner_step_and_learning_moves_the_model(
     before = [p.detach().clone() for p in agent.unet.parameters()]
     stats = agent.learn(queries, np.array([1, -1, 1, -1]))
     assert stats["charts/clipfrac"] == 0.0 and stats["losses/policy"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["compute/updates"] == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
     with pytest.raises(ValueError, match="propose"):
         agent.learn(np.zeros_like(queries), np.array([1, -1, 1, -1]))
+
+
+def test_ddpo_clip_acts_after_the_first_minibatch_as_in_the_reference(tiny_unet) -> None:
+    """Several optimizer steps per interaction: every step after the first sees ratio != 1, and the clip bites."""
+    cfg = DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3, train_batch_size=2, inner_epochs=2)
+    agent = DDPO(tiny_unet, cfg)
+    stats = agent.learn(agent.propose(torch.Generator().manual_seed(0)), np.array([1, -1, 1, -1]))
+    assert stats["compute/updates"] == 4  # 2 minibatches x 2 passes
+    assert stats["charts/clipfrac"] > 0.3 and stats["charts/approx_kl"] > 0  # the ratio moved past 1 +- 1e-4
+
+
+def test_ddpo_kl_to_the_base_is_zero_at_the_start_and_pulls_back(tiny_unet) -> None:
+    cfg = DDPOConfig(queries_per_step=4, num_sampling_steps=5, lr=1e-3, train_batch_size=2, kl_coef=1.0)
+    agent = DDPO(tiny_unet, cfg)
+    first = agent.learn(agent.propose(torch.Generator().manual_seed(0)), np.array([1, -1, 1, -1]))
+    assert first["charts/kl_to_base"] >= 0
+    second = agent.learn(agent.propose(torch.Generator().manual_seed(1)), np.array([1, -1, 1, -1]))
+    assert second["charts/kl_to_base"] > 0  # the tuned model has left the base: the regulariser now pulls
 
 
 @pytest.mark.parametrize("cls", [DDPO, D3PO])
@@ -55,7 +74,11 @@ def test_restored_proposal_learns_exactly_like_the_original(tiny_unet, cls) -> N
     assert all(torch.allclose(x, y) for x, y in zip(a.unet.parameters(), b.unet.parameters()))
 
 
-@pytest.mark.parametrize(("cls", "cfg"), [(DDPO, DDPOConfig(eta=0.0)), (D3PO, D3POConfig(eps=1.5))])
-def test_bad_configs(tiny_unet, cls, cfg) -> None:
+@pytest.mark.parametrize(
+    ("cls", "bad"),
+    [(DDPOConfig, {"eta": 0.0}), (DDPOConfig, {"train_batch_size": 0}), (DDPOConfig, {"kl_coef": -1}),
+     (D3POConfig, {"eps": 1.5}), (D3POConfig, {"replay": -1}), (D3POConfig, {"inner_epochs": 0})],
+)  # fmt: skip
+def test_bad_configs_are_refused_when_built(cls, bad) -> None:
     with pytest.raises(ValueError):
-        cls(tiny_unet, cfg)
+        cls(**bad)
