@@ -1,7 +1,6 @@
-"""PAPA and EPAPA: personalized alignment of a diffusion model directly from a user's replies, no reward model.
-
-The method (arXiv 2607.00486; the authors' tools/train_papa.py). Per interaction, sample K queries x0 from the
-current model, read the replies y (+1 like, -1 dislike; 0 skip), and for each query minimise
+"""PAPA and EPAPA (arXiv 2607.00486; the authors' tools/train_papa.py): a diffusion model aligned directly from a
+user's replies, no reward model. Per interaction, sample K queries x0 from the current model, read the replies y
+(+1 like, -1 dislike; 0 skip), and for each query minimise
 
     pref_coef * y * sum_{t >= k} w_t ||eps_theta(x_t, t) - eps||^2                    the reply term
   + model_coef * [y = +1] * mean_{t >= k} ||eps_theta(x_t, t) - eps_base(x_t, t)||^2   the anchor to the base
@@ -22,11 +21,13 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample, sample_many
+from papa_env.agents.selection import SELECTORS, UNetFeatures, draw_pool, make_selector
+from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
 T = SCHEDULER_CONFIG["num_train_timesteps"]
+LOSSES = ("loss", "losses/pref", "losses/model")
 
 
 @dataclass
@@ -56,7 +57,13 @@ class PAPAConfig:
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
-    """of the K queries, this many are drawn from the frozen base model (shown last)"""
+    """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
+    pool_size: int | None = None
+    """draw this many candidates and let ``selector`` choose the K shown (None: draw K, all shown)"""
+    selector: str = "random"
+    """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn)"""
+    liked_share: float = 0.7
+    """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -78,8 +85,12 @@ class PAPAConfig:
             (lambda v: v > 0, "> 0", ("lr",)),
             (lambda v: v >= 0, ">= 0", ("pref_coef", "model_coef", "replay", "ema_start", "base_queries")),
             (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step")),
-            (lambda v: v is None or v >= 1, ">= 1 or None", ("timesteps_per_image", "updates_per_interaction",
-                                                               "reply_baseline")),
+            (lambda v: v is None or v >= self.queries_per_step, ">= queries_per_step or None", ("pool_size",)),
+            (lambda v: v in SELECTORS, f"one of {SELECTORS}", ("selector",)),
+            (lambda v: v is None or v >= 1, ">= 1 or None", ("timesteps_per_image", "updates_per_interaction")),
+            (lambda v: v is None or v >= 1 and self.full_exploitation, ">= 1, or None (it must be None with "
+             "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
+            (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
@@ -89,10 +100,6 @@ class PAPAConfig:
         bad = [f"{f} must be {rule}, got {getattr(self, f)!r}" for holds, rule, fields in rules for f in fields
                if not holds(getattr(self, f))]
         # fmt: on
-        if self.base_queries > self.queries_per_step:
-            bad.append(f"base_queries must be <= queries_per_step ({self.queries_per_step}), got {self.base_queries}")
-        if self.reply_baseline is not None and not self.full_exploitation:
-            bad.append("reply_baseline must be None with full_exploitation=False (every signed reply is a like)")
         if bad:
             raise ValueError("invalid PAPAConfig: " + "; ".join(bad))
 
@@ -104,8 +111,7 @@ PRESETS: dict[str, PAPAConfig] = {
     "faithful-epapa": PAPAConfig(k=400, timesteps_per_image=None, sampler="ddpm", num_sampling_steps=1000),
     # the authors' settings at a laptop's speed (32 Monte-Carlo timesteps, 20-step DDIM): the untuned PAPA
     "authors-mc": PAPAConfig(),
-    # PAPA: 2 Adam steps per interaction at 10x the authors' lr, each on the 10 new + 22 replayed replies x 4
-    # timesteps (256 rows); the dislike term bounded (unbounded, lr 1e-4 collapses onto one digit)
+    # PAPA: 2 Adam steps per interaction at 10x the authors' lr, each on 10 new + 22 replayed replies x 4 timesteps
     "papa": PAPAConfig(lr=1e-4, timesteps_per_image=4, updates_per_interaction=2, replay=22, dislike_margin=0.5),
     # EPAPA: k = 300, 10 new + 54 replayed replies x 1 timestep (128 rows, half of PAPA's), a reply baseline, half the
     # queries from the frozen base, a 67x anchor, queries from a tail average of the weights (decay 0.95 after 30)
@@ -134,7 +140,8 @@ def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -
 def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor,
               noise: torch.Tensor, cfg: PAPAConfig, reply_weight: torch.Tensor | None = None, backward: bool = False,
               chunk: int = 250) -> dict[str, Any]:  # fmt: skip
-    """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries.
+    """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries:
+    ``{"loss", "losses/pref", "losses/model"}`` as floats, and with ``backward=False`` the graph as ``"tensor"``.
 
     Args:
         unet: the model being tuned; base: the frozen base model.
@@ -144,9 +151,6 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             the anchor and the dislike bound still follow the sign ``y``.
         backward: accumulate gradients chunk by chunk instead of returning a graph; chunk: rows per forward pass
             (bounds memory, not the result).
-
-    Returns:
-        ``{"loss", "losses/pref", "losses/model"}`` as floats; with ``backward=False`` also ``"tensor"``.
     """
     b, m = timesteps.shape
     abar, w = (v.to(x0.device) for v in noise_schedule())
@@ -169,9 +173,8 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             err = torch.where(y[i] < 0, torch.minimum(err, cap), err)
         pref = cfg.pref_coef * r[i] * scale * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
-        # 6. the anchor: model_coef * [y = +1] * ||eps_theta - eps_base||^2, a mean over the query's m draws
-        model = cfg.model_coef * liked[i] * (1.0 / m) * ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor \
-            else torch.zeros_like(pref)  # fmt: skip
+        anchor = ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor else torch.zeros_like(pref)
+        model = cfg.model_coef * liked[i] * (1.0 / m) * anchor  # 6. model_coef [y=+1] ||eps_theta - eps_base||^2 / m
         chunk_loss = (pref.sum() + model.sum()) / b  # 7. summed over rows, averaged over the B queries
         pref_sum += float(pref.detach().sum()) / b
         model_sum += float(model.detach().sum()) / b
@@ -179,14 +182,13 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             chunk_loss.backward()
         else:
             total = total + chunk_loss
-    out = {"loss": pref_sum + model_sum, "losses/pref": pref_sum, "losses/model": model_sum}
+    out = dict(zip(LOSSES, (pref_sum + model_sum, pref_sum, model_sum)))
     return out if backward else {**out, "tensor": total}
 
 
 # ALGO LOGIC: the agent -------------------------------------------------------------------------------
 class PAPA:
-    """PAPA (``k = 0``) or EPAPA (``k > 0``) around a pretrained ``unet`` (copied: the original is the frozen base;
-    on the device it lives on), with ``config`` a :class:`PAPAConfig` or a :data:`PRESETS` name."""
+    """PAPA (``k = 0``) or EPAPA around a pretrained ``unet`` (copied; the original is the frozen base), a config."""
 
     side_by_side = True  # tuned and base queries sampled in two threads at once (False: in turn; the same images)
     distributed = True  # learn() splits its rows across torchrun's processes (papa_env.distributed)
@@ -204,23 +206,23 @@ class PAPA:
                                 update_after_step=config.ema_start)  # fmt: skip
             self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
+        self.sampling = dict(sampler=config.sampler, num_steps=config.num_sampling_steps, eta=config.eta)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.updates, self.device = 0, next(unet.parameters()).device
+        self.selector = make_selector(config.selector, config.seed, config.liked_share)
+        self.features = None if config.selector == "random" else UNetFeatures(self.base)  # the selector's
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        """K queries (K, 1, 28, 28): the tuned model's, then ``base_queries`` of the base model's, one generator."""
-        k, n_base, cfg = self.cfg.queries_per_step, self.cfg.base_queries, self.cfg
-        kw = dict(sampler=cfg.sampler, num_steps=cfg.num_sampling_steps, eta=cfg.eta, generator=generator)
-        if not 0 < n_base < k:
-            return sample(self.base if n_base else self.policy, k, **kw).numpy()
-        parts = sample_many([self.policy, self.base], [k - n_base, n_base], side_by_side=self.side_by_side, **kw)
-        return torch.cat(parts).numpy()
+        """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
+        c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
+        pool = draw_pool(self.policy, self.base, m - c.base_queries, c.base_queries, self.features, generator,
+                         self.side_by_side, **self.sampling)  # fmt: skip
+        return pool.images[self.selector.select(pool, c.queries_per_step, generator)].numpy()
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        c = self.cfg
-        return sample(self.policy, n, sampler=c.sampler, num_steps=c.num_sampling_steps, eta=c.eta, generator=generator)
+        return sample(self.policy, n, generator=generator, **self.sampling)
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         """One interaction's update from the replies (K,) to ``queries`` (K, 1, 28, 28)."""
@@ -247,21 +249,21 @@ class PAPA:
             if self.ema is not None:
                 self.ema.step(self.unet.parameters())
             self.updates += 1
-            keys = ("loss", "losses/pref", "losses/model")
-            for key, value in zip(keys, all_reduce_sum([out[key] for key in keys])):
+            for key, value in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES])):
                 stats[key] += value
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
         if self.ema is not None:
             self.ema.copy_to(self.sampled.parameters())
+        if self.features is not None:
+            self.selector.observe(self.features(x0), y.cpu())
         keep = y != 0
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
         self.buffer_y = torch.cat([self.buffer_y, y[keep]])
         return stats
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor):
-        """The (queries, signs) of each optimizer step: the authors' one pass in batches of ``batch_size``, or
-        ``updates_per_interaction`` steps on all K new queries plus ``replay`` earlier replies each."""
+        """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
                 yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
@@ -273,8 +275,7 @@ class PAPA:
             else:
                 yield x0, y
 
-    def model(self) -> torch.nn.Module:
-        """The tuned weights samples are drawn from (the moving average, with ``ema_decay``)."""
+    def model(self) -> torch.nn.Module:  # the tuned weights samples are drawn from (the average, with ema_decay)
         return self.sampled
 
     def model_metadata(self) -> dict[str, str]:
@@ -286,13 +287,14 @@ class PAPA:
         ema = {"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
-                "config": asdict(self.cfg), **ema}  # fmt: skip
+                "config": asdict(self.cfg), "selector": self.selector.state_dict(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
         self.opt.load_state_dict(state["opt"])
         self.generator.set_state(state["generator"])
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
+        self.selector.load_state_dict(state["selector"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

@@ -1,0 +1,218 @@
+"""Active queries: draw a pool of M candidates cheaply, then choose which K the user is asked about.
+
+Preference learning's classic lever (PEBBLE and B-Pref: ensemble disagreement / entropy of a reward model fitted on
+the replies so far). An agent draws its pool (:func:`draw_pool`: from its tuned model and, optionally, the frozen
+base model), a :class:`Selector` picks K of them, the user answers those, and the selector sees the replies
+(``observe``). A selector sees only the agent's own samples and the replies: never the user, the judge or the env's
+privileged access. Its state (the replies' features and labels, its generator) is saved with the agent, so a
+resumed session chooses exactly as before.
+
+Rules (``SELECTORS``):
+
+* ``random``: the first K of the pool (with M = K: the agent's queries as they were drawn; the control);
+* ``disagreement``: where an ensemble of reward models fitted on the replies so far disagrees most (PEBBLE);
+* ``entropy``: where the ensemble's mean prediction is least sure (B-Pref's entropy);
+* ``diversity``: spread over the pool (greedy k-center) in the agent's own feature space;
+* ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement;
+* ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
+
+Features are the frozen base UNet's own: its mid-block activations at t = 200, average-pooled to 2 x 2 and
+L2-normalised (``UNetFeatures``). The reward models are ridge regressions of the replies (+1 / -1) on them, each on
+a bootstrap resample of the replies (a deterministic, millisecond fit).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+from papa_env.diffusion import sample, sample_many
+
+
+class Pool(NamedTuple):
+    """Candidate queries: images (M, 1, 28, 28) in [-1, 1], which model drew each (M,) (0 tuned, 1 base), and their
+    features (M, D)."""
+
+    images: torch.Tensor
+    source: torch.Tensor
+    features: torch.Tensor
+
+
+def draw_pool(policy, base, n_tuned: int, n_base: int, features: Any, generator: torch.Generator,
+              side_by_side: bool = True, **sampler: Any) -> Pool:  # fmt: skip
+    """``n_tuned`` samples of ``policy`` then ``n_base`` of ``base``, from one generator stream (the two models side
+    by side: :func:`papa_env.diffusion.sample_many`), with ``features(images)`` (None: no features)."""
+    if n_tuned and n_base:
+        images = torch.cat(sample_many([policy, base], [n_tuned, n_base], generator=generator,
+                                       side_by_side=side_by_side, **sampler))  # fmt: skip
+    else:
+        images = sample(policy if n_tuned else base, n_tuned + n_base, generator=generator, **sampler)
+    source = torch.cat([torch.zeros(n_tuned, dtype=torch.long), torch.ones(n_base, dtype=torch.long)])
+    return Pool(images, source, features(images) if features is not None else torch.zeros(len(images), 0))
+
+
+class UNetFeatures:
+    """The frozen base UNet's mid-block activations at t = 200 for an image, average-pooled to 2 x 2, L2-normalised:
+    features the agent owns (neither the user's nor the judge's classifier)."""
+
+    def __init__(self, base: torch.nn.Module, t: int = 200) -> None:
+        self.base, self.t = base, t
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from papa_env.diffusion import noise_schedule
+
+        captured: list[torch.Tensor] = []
+        hook = self.base.mid_block.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            abar = noise_schedule()[0][self.t]
+            # the deterministic part of x_t (no noise): what the base sees of the image at t
+            x_t = abar.sqrt() * images.to(next(self.base.parameters()).device)
+            self.base(x_t, torch.full((len(images),), self.t, device=x_t.device))
+        finally:
+            hook.remove()
+        f = torch.nn.functional.adaptive_avg_pool2d(captured[0], 2).flatten(1).float().cpu()
+        return f / f.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+class Selector(Protocol):
+    """What an agent asks of a query selector."""
+
+    name: str
+
+    def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
+        """(k,) indices into the pool: the candidates shown to the user, in the order shown."""
+
+    def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
+        """The replies (B,) in {+1, -1, 0} to shown candidates with ``features`` (B, D)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class RandomSelector:
+    """The first K of the pool: with a pool of exactly K, the queries as they were drawn (the control)."""
+
+    name = "random"
+
+    def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.arange(k)
+
+    def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class EnsembleSelector:
+    """Rules on an ensemble of ridge-regression reward models fitted online on the replies so far.
+
+    Args:
+        rule: ``disagreement``, ``entropy``, ``diversity``, ``liked`` or ``thompson`` (see the module docstring).
+        members: ensemble size; each member sees a bootstrap resample of the replies.
+        ridge: the L2 penalty of each member.
+        liked_share: with ``liked``, the share of the K chosen as the predicted likes (the rest informative).
+        seed: seed of the bootstrap resamples.
+    """
+
+    def __init__(self, rule: str = "disagreement", members: int = 8, ridge: float = 1.0, liked_share: float = 0.7,
+                 seed: int = 0) -> None:  # fmt: skip
+        if rule not in ("disagreement", "entropy", "diversity", "liked", "thompson"):
+            raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(SELECTORS)}")
+        if members < 2 or ridge <= 0 or not 0 <= liked_share <= 1:
+            raise ValueError("members must be >= 2, ridge > 0 and liked_share in [0, 1]")
+        self.name, self.members, self.ridge, self.liked_share, self.seed = rule, members, ridge, liked_share, seed
+        self.features = torch.zeros(0, 0)
+        self.labels = torch.zeros(0)
+        self.weights: torch.Tensor | None = None  # (members, D)
+
+    def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
+        keep = replies != 0  # skips say nothing about the taste
+        new_f, new_y = features[keep].double(), replies[keep].double()
+        self.features = new_f if not len(self.features) else torch.cat([self.features, new_f])
+        self.labels = torch.cat([self.labels.double(), new_y])
+        self._fit()
+
+    def _fit(self) -> None:
+        """Each member: w = (F^T D F + ridge I)^-1 F^T D y with D the bootstrap counts (deterministic per size)."""
+        n, d = self.features.shape
+        if n == 0:
+            self.weights = None
+            return
+        g = torch.Generator().manual_seed(self.seed * 100_003 + n)
+        counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=g), minlength=n) for _ in
+                              range(self.members)]).double()  # fmt: skip
+        ws = []
+        for c in counts:
+            fw = self.features * c[:, None]
+            a = self.features.T @ fw + self.ridge * torch.eye(d, dtype=torch.float64)
+            ws.append(torch.linalg.solve(a, fw.T @ self.labels))
+        self.weights = torch.stack(ws)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(members, M) each member's predicted reply (about +1 like, -1 dislike); zeros before any reply."""
+        if self.weights is None:
+            return torch.zeros(self.members, len(features), dtype=torch.float64)
+        return self.weights @ features.double().T
+
+    def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
+        s = self.scores(pool.features)
+        if self.weights is None and self.name != "diversity":  # nothing learned yet: the drawn order
+            return torch.arange(k)
+        if self.name == "disagreement":
+            return _top(s.std(0), k)
+        if self.name == "entropy":
+            p = torch.sigmoid(2 * s.mean(0))
+            return _top(-(p * p.clamp_min(1e-12).log() + (1 - p) * (1 - p).clamp_min(1e-12).log()), k)
+        if self.name == "diversity":
+            return k_center(pool.features, k)
+        if self.name == "thompson":
+            member = int(torch.randint(self.members, (1,), generator=generator))
+            return _top(s[member], k)
+        n_liked = round(self.liked_share * k)  # "liked": predicted likes, then the most disputed of the rest
+        liked = _top(s.mean(0), n_liked)
+        rest = torch.tensor([i for i in range(len(pool.images)) if i not in set(liked.tolist())])
+        informative = rest[_top(s.std(0)[rest], k - n_liked)] if k > n_liked else rest[:0]
+        return torch.cat([liked, informative])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"features": self.features.clone(), "labels": self.labels.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.features, self.labels = state["features"].double(), state["labels"].double()
+        self._fit()
+
+
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest values, ties broken by position (a stable, deterministic choice)."""
+    order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))
+    return torch.tensor(order[:k], dtype=torch.long)
+
+
+def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center: start at the candidate nearest the pool's mean, then repeatedly add the one farthest from
+    those chosen (spreads the K over the pool)."""
+    f = features.double()
+    chosen = [int(((f - f.mean(0)) ** 2).sum(1).argmin())]
+    dist = ((f - f[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < k:
+        nxt = int(dist.argmax())
+        chosen.append(nxt)
+        dist = torch.minimum(dist, ((f - f[nxt]) ** 2).sum(1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
+
+
+def make_selector(name: str, seed: int = 0, liked_share: float = 0.7) -> Any:
+    """The selector ``name`` (one of :data:`SELECTORS`)."""
+    if name == "random":
+        return RandomSelector()
+    return EnsembleSelector(name, liked_share=liked_share, seed=seed)
