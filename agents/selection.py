@@ -16,9 +16,9 @@ Rules (``SELECTORS``):
 * ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement;
 * ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
 
-Features are the frozen base UNet's own: its mid-block activations at t = 200, average-pooled to 2 x 2 and
-L2-normalised (``UNetFeatures``). The reward models are ridge regressions of the replies (+1 / -1) on them, each on
-a bootstrap resample of the replies (a deterministic, millisecond fit).
+Features are the frozen base UNet's own: its mid-block activations at t = 200, average-pooled to 2 x 2, as a
+direction and a log-norm (``UNetFeatures``). The reward models are ridge regressions of the replies (+1 / -1) on
+them and a bias, each on a bootstrap resample of the replies (a deterministic, millisecond fit).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def draw_pool(policy, base, n_tuned: int, n_base: int, features: Any, generator:
 
 
 class UNetFeatures:
-    """The frozen base UNet's mid-block activations at t = 200 for an image, average-pooled to 2 x 2, L2-normalised:
-    features the agent owns (neither the user's nor the judge's classifier)."""
+    """The frozen base UNet's mid-block activations at t = 200 for an image, average-pooled to 2 x 2: their direction
+    (L2-normalised) and their log-norm. Features the agent owns (neither the user's nor the judge's classifier)."""
 
     def __init__(self, base: torch.nn.Module, t: int = 200) -> None:
         self.base, self.t = base, t
@@ -73,7 +73,8 @@ class UNetFeatures:
         finally:
             hook.remove()
         f = torch.nn.functional.adaptive_avg_pool2d(captured[0], 2).flatten(1).float().cpu()
-        return f / f.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        norm = f.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return torch.cat([f / norm, norm.log()], 1)  # the direction, and the magnitude on its own
 
 
 class Selector(Protocol):
@@ -140,18 +141,21 @@ class EnsembleSelector:
         self._fit()
 
     def _fit(self) -> None:
-        """Each member: w = (F^T D F + ridge I)^-1 F^T D y with D the bootstrap counts (deterministic per size)."""
-        n, d = self.features.shape
+        """Each member: w = (F^T D F + ridge I)^-1 F^T D y with D the bootstrap counts (deterministic per size); F has
+        a constant column (the bias, penalised like the rest)."""
+        n = len(self.features)
         if n == 0:
             self.weights = None
             return
+        features = _with_bias(self.features)
+        d = features.shape[1]
         g = torch.Generator().manual_seed(self.seed * 100_003 + n)
         counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=g), minlength=n) for _ in
                               range(self.members)]).double()  # fmt: skip
         ws = []
         for c in counts:
-            fw = self.features * c[:, None]
-            a = self.features.T @ fw + self.ridge * torch.eye(d, dtype=torch.float64)
+            fw = features * c[:, None]
+            a = features.T @ fw + self.ridge * torch.eye(d, dtype=torch.float64)
             ws.append(torch.linalg.solve(a, fw.T @ self.labels))
         self.weights = torch.stack(ws)
 
@@ -159,7 +163,7 @@ class EnsembleSelector:
         """(members, M) each member's predicted reply (about +1 like, -1 dislike); zeros before any reply."""
         if self.weights is None:
             return torch.zeros(self.members, len(features), dtype=torch.float64)
-        return self.weights @ features.double().T
+        return self.weights @ _with_bias(features.double()).T
 
     def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
         s = self.scores(pool.features)
@@ -187,6 +191,10 @@ class EnsembleSelector:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.features, self.labels = state["features"].double(), state["labels"].double()
         self._fit()
+
+
+def _with_bias(features: torch.Tensor) -> torch.Tensor:
+    return torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], 1)
 
 
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:

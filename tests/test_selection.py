@@ -1,0 +1,137 @@
+"""agents/selection.py: each rule on hand-made pools, the agent's own features, resume, no privileged access."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import Bright, ToyEval
+
+from papa_env.agents.papa import PAPA, PAPAConfig
+from papa_env.agents.selection import EnsembleSelector, Pool, RandomSelector, k_center, make_selector
+from papa_env.env import PreferenceEnv
+from papa_env.session import run_session
+
+
+def _pool(features: torch.Tensor) -> Pool:
+    return Pool(torch.zeros(len(features), 1, 28, 28), torch.zeros(len(features), dtype=torch.long), features)
+
+
+def _observed(rule: str, **kw) -> EnsembleSelector:
+    """Replies in two regions of a 3-d feature space: along e0 every reply is a like (a settled region); along e1
+    likes and dislikes mix (a disputed one). e2 holds a constant, as a bias."""
+    sel = EnsembleSelector(rule, members=16, ridge=0.1, **kw)
+    g = torch.Generator().manual_seed(0)
+    settled = torch.tensor([[1.0, 0.0, 1.0]]).repeat(12, 1) + 0.05 * torch.randn(12, 3, generator=g)
+    disputed = torch.tensor([[0.0, 1.0, 1.0]]).repeat(12, 1) + 0.05 * torch.randn(12, 3, generator=g)
+    sel.observe(torch.cat([settled, disputed]), torch.tensor([1.0] * 12 + [1.0, -1.0] * 6))
+    return sel
+
+
+CANDIDATES = torch.tensor([[1.0, 0.0, 1.0]] * 5 + [[0.0, 1.0, 1.0]] * 5)  # 5 settled, then 5 disputed
+
+
+def test_disagreement_and_entropy_pick_the_disputed_candidates() -> None:
+    for rule in ("disagreement", "entropy"):
+        chosen = _observed(rule).select(_pool(CANDIDATES), 5, torch.Generator()).tolist()
+        assert sorted(chosen) == [5, 6, 7, 8, 9], rule
+
+
+def test_liked_shows_mostly_predicted_likes_and_respects_its_share() -> None:
+    chosen = _observed("liked", liked_share=0.6).select(_pool(CANDIDATES), 5, torch.Generator()).tolist()
+    assert sorted(chosen[:3]) == [0, 1, 2]  # 0.6 x 5 = 3 from the settled likes, in score order
+    assert set(chosen[3:]) <= {5, 6, 7, 8, 9}  # then the most disputed of the rest
+    all_liked = _observed("liked", liked_share=1.0).select(_pool(CANDIDATES), 5, torch.Generator()).tolist()
+    assert sorted(all_liked) == [0, 1, 2, 3, 4]
+
+
+def test_diversity_spreads_over_the_pool() -> None:
+    clusters = torch.cat([torch.full((4, 2), c) + 0.01 * torch.randn(4, 2) for c in (-5.0, 0.0, 5.0)])
+    picked = k_center(clusters, 3)
+    assert sorted((picked // 4).tolist()) == [0, 1, 2]  # one from each cluster
+    sel = make_selector("diversity")
+    assert sorted((sel.select(_pool(clusters), 3, torch.Generator()) // 4).tolist()) == [0, 1, 2]
+
+
+def test_before_any_reply_the_pool_order_is_kept_and_thompson_follows_its_generator() -> None:
+    assert make_selector("disagreement").select(_pool(CANDIDATES), 4, torch.Generator()).tolist() == [0, 1, 2, 3]
+    assert RandomSelector().select(_pool(CANDIDATES), 4, torch.Generator()).tolist() == [0, 1, 2, 3]
+    sel = _observed("thompson")
+    a = [sel.select(_pool(CANDIDATES), 3, torch.Generator().manual_seed(s)).tolist() for s in range(4)]
+    b = [sel.select(_pool(CANDIDATES), 3, torch.Generator().manual_seed(s)).tolist() for s in range(4)]
+    assert a == b
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        EnsembleSelector("loudest")
+
+
+def test_selector_state_round_trips(tiny_unet) -> None:
+    sel = _observed("disagreement")
+    other = EnsembleSelector("disagreement", members=16, ridge=0.1)  # the same settings; the state is the data
+    other.load_state_dict(sel.state_dict())
+    assert torch.allclose(other.scores(CANDIDATES), sel.scores(CANDIDATES)) and len(other.labels) == 24
+
+
+def _agent(tiny_unet, **kw) -> PAPA:
+    cfg = PAPAConfig(lr=1e-3, batch_size=10, timesteps_per_image=4, num_sampling_steps=3, pool_size=20, **kw)
+    return PAPA(tiny_unet, cfg)
+
+
+class Watched(Bright):
+    """A user that fails if anything under agents/ asks it anything: the selector sees no privileged access."""
+
+    def utility(self, images):
+        agents = str(Path(__file__).parents[1] / "agents")
+        callers = [f.filename for f in inspect.stack()]
+        assert not any(c.startswith(agents) for c in callers), f"an agent asked the user: {callers}"
+        return super().utility(images)
+
+
+@pytest.mark.parametrize("rule", ["disagreement", "liked", "thompson", "diversity"])
+def test_a_session_with_a_selector_never_asks_the_user_and_resumes_its_choices_exactly(
+    tiny_unet, tmp_path, rule
+) -> None:
+    def env() -> PreferenceEnv:
+        return PreferenceEnv(Watched(threshold=-0.2), queries_per_step=10, feedback_budget=50)
+
+    straight = tmp_path / "straight"
+    run_session(_agent(tiny_unet, selector=rule), env(), straight, eval_every=0, progress=False)
+    run = tmp_path / "killed"
+    run_session(_agent(tiny_unet, selector=rule), env(), run, eval_every=0, progress=False, stop_after_steps=3)
+    run_session(_agent(tiny_unet, selector=rule), env(), run, eval_every=0, progress=False)
+
+    def lines(folder: Path) -> list:
+        return [json.loads(x)["sha256"] for x in (folder / "replies.jsonl").read_text().splitlines()]
+
+    assert lines(run) == lines(straight)  # the same queries chosen, bit for bit, after the resume
+
+
+@pytest.mark.slow
+def test_liked_shows_the_user_more_of_what_it_likes_than_random() -> None:
+    """What a person sees: from a pool of 30 (the shipped model: its features carry what an image shows), the liked
+    rule shows more liked images than the queries as drawn."""
+    from papa_env.models import load_pretrained
+
+    base = load_pretrained("mnist-ddpm")
+    threshold = float(sample_brightness(base).quantile(0.6))  # a user who likes the brightest 40% of samples
+    shown = {}
+    for rule, pool in (("random", None), ("liked", 30)):
+        rates = []
+        for seed in range(3):
+            env = PreferenceEnv(Bright(threshold), queries_per_step=10, feedback_budget=60)
+            agent = PAPA(base, PAPAConfig(lr=1e-5, timesteps_per_image=1, num_sampling_steps=5, pool_size=pool,
+                                          selector=rule, liked_share=1.0))  # fmt: skip
+            records = run_session(agent, env, eval_every=60, evaluator=ToyEval(env), progress=False, seed=seed)
+            rates.append(records[-1]["session/shown_like_rate"])
+        shown[rule] = float(np.mean(rates))
+    print(shown)
+    assert shown["liked"] > shown["random"] + 0.15  # ~0.4 as drawn: the margin is > 4 sigma over 180 images
+
+
+def sample_brightness(unet) -> torch.Tensor:
+    from papa_env.diffusion import sample
+
+    return sample(unet, 200, num_steps=5, generator=torch.Generator().manual_seed(0)).mean((1, 2, 3))
