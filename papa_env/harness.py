@@ -663,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run every taste of this half of the user suite (papa_env.suite) instead of one user",
     )
+    p.add_argument("--tastes", default=None, help="with --suite: only these tastes (comma-separated names)")
     p.add_argument("--agents", default=",".join(ALL), help=f"comma-separated, from {ALL}")
     p.add_argument(
         "--override",
@@ -735,6 +736,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = dict(budget=a.budget, eval_every=a.eval_every, eval_samples=a.eval_samples, overrides=overrides)
     if a.suite:
         tastes = quick_suite() if a.quick else make_suite(a.suite)
+        if a.tastes:
+            names = a.tastes.split(",")
+            unknown_tastes = sorted(set(names) - {t.name for t in tastes})
+            if unknown_tastes:
+                raise SystemExit(f"unknown tastes {unknown_tastes}; the {a.suite} half has {[t.name for t in tastes]}")
+            tastes = [t for t in tastes if t.name in names]
         specs = [
             SessionSpec(name, t.env, seed, env_kwargs=dict(t.env_kwargs), taste=t.name, group=t.group, **base)
             for t in tastes
