@@ -47,7 +47,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> 
     assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
     # one seed: a plain number, no interval; numeric CSV columns; labelled class shares
     table = (root / "table.md").read_text()
-    assert "+-" not in table and "share" not in table.splitlines()[0] and "1 0." in table
+    assert "+-" not in table and "share/" not in table.splitlines()[0] and "1 0." in table
     csv_head = (root / "table.csv").read_text().splitlines()[0].split(",")
     assert "like@20" in csv_head and "like@20_ci95" in csv_head and "share/7" in csv_head
 
