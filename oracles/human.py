@@ -52,16 +52,27 @@ class HumanOracle(Oracle):
         raise NotImplementedError("a person's taste cannot be measured without asking: run with eval_every=0")
 
     def pending(self) -> tuple[int, torch.Tensor] | None:
-        """The round waiting for an answer (its number and images), or None."""
+        """The round waiting for an answer (its number and images), or None (none asked, or answered already)."""
         with self._cond:
-            return self._pending
+            return self._pending if self._answer is None else None
+
+    def _open(self, images: torch.Tensor) -> None:
+        self._counter += 1
+        number = self._round_of() if self._round_of is not None else self._counter
+        self._pending, self._answer = (number, images), None
+        self._cond.notify_all()
+
+    def announce(self, images: torch.Tensor) -> None:
+        """Open the next round for answers before the env asks it (the env's ``announce``): the person judges it
+        while the agent learns; :meth:`reply` then returns the answer at once if it has come."""
+        with self._cond:
+            self._open(images)
 
     def _ask(self, images: torch.Tensor) -> np.ndarray:
         with self._cond:
-            self._counter += 1
-            number = self._round_of() if self._round_of is not None else self._counter
-            self._pending, self._answer = (number, images), None
-            self._cond.notify_all()
+            announced = self._pending is not None and torch.equal(self._pending[1], images)
+            if not announced:
+                self._open(images)
             while self._answer is None and not self._closed:
                 self._cond.wait()
             if self._closed:
@@ -80,7 +91,7 @@ class HumanOracle(Oracle):
         """The person's answer to round ``number``: ValueError (nothing changes) for another round than the one
         waiting, or replies that are not one of -1 / 0 / +1 per query."""
         with self._cond:
-            if self._pending is None:
+            if self._pending is None or self._answer is not None:
                 raise ValueError(
                     f"no round is waiting for an answer (round {number} was answered, or is not asked yet)"
                 )

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, help="seed of the session")
     v.add_argument("--bot", default=None, help="a simulated user (registered name) answers through the page's API")
     v.add_argument("--preference", default=None, help="the bot's taste as JSON, e.g. '[1, 4]'")
+    v.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                   help="show the next round while the agent learns (its images one update behind)")  # fmt: skip
     threads(v)
     device(v)
 

@@ -331,6 +331,14 @@ class PreferenceEnv(gym.Env):
             reward = float((replies * novel).sum() / len(replies))
         return self._obs(replies), reward, False, bool(truncated), info
 
+    def announce(self, action: Any) -> None:
+        """Show the user the next step's queries ahead of time, so that a person can start judging them while the
+        agent still learns (``run_session(..., lookahead=True)``). Nothing is spent or drawn: the replies come, and
+        cost, in :meth:`step` with the same action. A no-op for users without an ``announce`` method."""
+        announce = getattr(self.oracle, "announce", None)
+        if announce is not None and not self._needs_reset and self.replies_left > 0:
+            announce(self.validate_action(action))
+
     def _novel(self, images: torch.Tensor) -> np.ndarray:
         """(K,) bool: which images are not near-duplicates of one shown before (this session or this step)."""
         pooled = torch.nn.functional.avg_pool2d(images, 4).flatten(1).numpy()

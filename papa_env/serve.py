@@ -94,16 +94,18 @@ class App:
         out: the run folder (an existing session there is resumed).
         budget, queries_per_step: the session's feedback budget and K.
         dataset: which base model the agent tunes ("mnist" or "fashion-mnist"; the env's ``base_model``).
+        lookahead: show the next round as soon as it is sampled, while the agent learns from this one (the next
+            round's images come from the model one update behind: ``run_session(..., lookahead=True)``).
     """
 
     def __init__(self, agent: Any, out: str | Path, budget: int = 300, queries_per_step: int = 10,
-                 dataset: str = "mnist", seed: int = 0) -> None:  # fmt: skip
+                 dataset: str = "mnist", seed: int = 0, lookahead: bool = True) -> None:  # fmt: skip
         from papa_env.env import PreferenceEnv
         from papa_env.oracles.human import HumanOracle
 
         self.lock = threading.Lock()
         self.agent = _Locked(agent, self.lock)
-        self.out, self.seed = Path(out), seed
+        self.out, self.seed, self.lookahead = Path(out), seed, lookahead
         self.user = HumanOracle(round_of=lambda: self.env.replies_spent // self.env.queries_per_step + 1)
         self.env = PreferenceEnv(self.user, dataset=dataset, feedback_budget=budget, queries_per_step=queries_per_step)
         self.rounds = budget // queries_per_step
@@ -131,7 +133,9 @@ class App:
         from papa_env.session import run_session
 
         try:
-            run_session(self.agent, self.env, self.out, eval_every=0, seed=self.seed, progress=False)
+            run_session(
+                self.agent, self.env, self.out, eval_every=0, seed=self.seed, progress=False, lookahead=self.lookahead
+            )
             self.status = "done"
         except SessionClosed:
             self.status = "closed"
@@ -279,9 +283,12 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPS
     return server
 
 
-def run_bot(url: str, user: Any, stop: threading.Event | None = None, poll: float = 0.05) -> dict[str, Any]:
+def run_bot(
+    url: str, user: Any, stop: threading.Event | None = None, poll: float = 0.05, think: float = 0.0
+) -> dict[str, Any]:
     """A simulated user that answers through the page's API, as a person's browser does: reads each round's PNG
-    images, replies with ``user.reply``, until the session is done; returns the server's last state."""
+    images, replies with ``user.reply`` after ``think`` seconds (a person judging), until the session is done;
+    returns the server's last state."""
     import urllib.request
 
     rng = np.random.default_rng(0)
@@ -294,6 +301,7 @@ def run_bot(url: str, user: Any, stop: threading.Event | None = None, poll: floa
         if state["status"] == "judging" and state["round"] != answered:
             images = torch.stack([image_from_data_url(u) for u in state["images"]])
             replies = [int(r) for r in user.reply(images, rng)]
+            time.sleep(think)
             body = json.dumps({"round": state["round"], "replies": replies}).encode()
             request = urllib.request.Request(url + "/api/reply", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(request) as r:
@@ -320,7 +328,7 @@ def main(ns: Any) -> dict[str, Any] | None:
     from papa_env.cli import resolve_device
 
     agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), PRESETS[ns.preset])
-    app = App(agent, ns.out, budget=ns.budget, dataset=dataset, seed=ns.seed)
+    app = App(agent, ns.out, budget=ns.budget, dataset=dataset, seed=ns.seed, lookahead=ns.lookahead)
     server = serve(app, ns.host, ns.port)
     url = f"http://{ns.host}:{server.server_address[1]}"
     print(f"papa serve: {agent.name} ({ns.preset}) on {ns.model}, {ns.budget} replies, run folder {ns.out}")

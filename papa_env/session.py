@@ -102,6 +102,7 @@ def run_session(
     seed: int = 0,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    lookahead: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``agent`` for one session (the env's whole feedback budget); returns the evaluation records.
 
@@ -116,6 +117,9 @@ def run_session(
         seed: seeds the env's reset and the agent's query noise.
         progress: tqdm bar over interactions.
         stop_after_steps: stop (as if killed) after this many interactions of this call: for tests.
+        lookahead: propose the next step's queries right after the replies are persisted, *before* learning from
+            them, and announce them to the user (``env.announce``): a person judges the next round while the agent
+            learns (``papa serve``). The queries are then one update stale. Checkpointed; resumes exactly.
     """
     if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"eval_every must be an int >= 0 (0: no evaluation), got {eval_every!r}")
@@ -133,6 +137,7 @@ def run_session(
         evaluator = Evaluator(env)
     try:
         run = _Run(agent, env, RunFolder(run_dir) if run_dir is not None else None, evaluator if eval_every else None)
+        run.lookahead = lookahead
         run.start(seed, eval_every)
         run.loop(progress, stop_after_steps)
     finally:
@@ -150,6 +155,8 @@ class _Run:
         self.steps_total = self.base_env.feedback_budget // self.k
         self.eval_every = 0
         self.step, self.records, self.shown = 0, [], _Shown()
+        self.lookahead = False
+        self.next: dict[str, Any] | None = None  # lookahead: the next step's queries, proposal state and seconds
         self.gen = torch.Generator()
         # what the next evaluation record carries besides its metrics: the last update's stats and reply reward,
         # and the seconds of each interaction since the last evaluation (checkpointed: a late evaluation has them)
@@ -162,6 +169,8 @@ class _Run:
         self.env.reset(seed=seed)
         if self.folder is not None:
             config = session_config(self.agent, self.env, seed, eval_every, self.evaluator)
+            if self.lookahead:
+                config["lookahead"] = True
             self.folder.check_config(config, _config_defaults(self.agent))
             if self.folder.started():
                 self.resume()
@@ -185,14 +194,20 @@ class _Run:
         bar = tqdm(total=self.steps_total, initial=self.step, desc=f"{self.agent.name} session", disable=not progress)
         done_here = 0
         while self.step < self.steps_total and (stop_after_steps is None or done_here < stop_after_steps):
-            t0 = time.perf_counter()
-            queries = self.agent.propose(self.gen)
-            t_sample = time.perf_counter() - t0
+            if self.next is not None:  # proposed (and announced) during the previous interaction
+                queries, t_sample = self.next["queries"], self.next["seconds"]
+                self._restore(self.next["proposal"])
+                self.next = None
+            else:
+                t0 = time.perf_counter()
+                queries = self.agent.propose(self.gen)
+                t_sample = time.perf_counter() - t0
             _, reward, _, _, info = self.env.step(queries)
             replies = np.asarray(info["replies"], dtype=np.int8)
             self.step += 1
             self.persist(queries, replies)  # before the agent sees the replies
             self.shown.add(replies, self.base_env.mode)
+            self.look_ahead()
             t1 = time.perf_counter()
             stats = self.agent.learn(queries, replies)
             t_learn = time.perf_counter() - t1
@@ -208,6 +223,27 @@ class _Run:
         bar.close()
         if self.folder is not None and self.step == self.steps_total:
             _finish(self.folder.path, self.agent, self.records, self.base_env.base_model)
+
+    def look_ahead(self) -> None:
+        """With ``lookahead``: propose the next step's queries now (from the model before this step's update) and
+        announce them; the proposal state of this step is put back for its ``learn``."""
+        if not self.lookahead or self.step >= self.steps_total:
+            return
+        current = getattr(self.agent, "proposal_state", dict)()
+        t0 = time.perf_counter()
+        queries = self.agent.propose(self.gen)
+        self.next = {
+            "queries": np.asarray(queries),
+            "proposal": getattr(self.agent, "proposal_state", dict)(),
+            "seconds": time.perf_counter() - t0,
+        }
+        self.env.unwrapped.announce(self.next["queries"])
+        self._restore(current)
+
+    def _restore(self, proposal: dict[str, np.ndarray]) -> None:
+        restore = getattr(self.agent, "restore_proposal", None)
+        if restore is not None and proposal:
+            restore(proposal)
 
     def evaluate(self) -> None:
         """The evaluation after the current interaction's update, with its stats and timing; then a checkpoint."""
@@ -249,6 +285,12 @@ class _Run:
             "since_eval": self.since_eval,
             "evaluator": self.evaluator.state_dict() if hasattr(self.evaluator, "state_dict") else {},
         }
+        if self.next is not None:
+            state["next"] = {
+                "queries": torch.from_numpy(self.next["queries"]),
+                "proposal": {key: torch.from_numpy(np.asarray(v)) for key, v in self.next["proposal"].items()},
+                "seconds": self.next["seconds"],
+            }
         self.folder.save_checkpoint(state, learned=self.step)
 
     def record(self, metrics: dict[str, Any], images: torch.Tensor, extra: dict[str, Any]) -> None:
@@ -275,6 +317,13 @@ class _Run:
                 self.evaluator.load_state_dict(state.get("evaluator", {}))
             self.step, self.records = state["learned"], list(state["records"])
             self.since_eval = state["since_eval"]
+            if "next" in state:
+                nxt = state["next"]
+                self.next = {
+                    "queries": nxt["queries"].numpy(),
+                    "proposal": {key: v.numpy() for key, v in nxt["proposal"].items()},
+                    "seconds": float(nxt["seconds"]),
+                }
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise RunCorruptedError(f"{folder.checkpoint} does not fit this session's agent or env: {err!r}") from None
         for line in lines[: self.step]:
@@ -283,15 +332,15 @@ class _Run:
         pending_data = [folder.load_step(line) for line in pending]  # every one checked before any is learned
         folder.repair_journal(lines)
         for line, data in zip(pending, pending_data):
-            restore = getattr(self.agent, "restore_proposal", None)
-            if restore is not None:
-                restore({key.removeprefix("proposal/"): v for key, v in data.items() if key.startswith("proposal/")})
+            # the state as it was when the line was persisted; then (lookahead) the next proposal, then the update
+            self.gen.set_state(torch.from_numpy(data["generator"]))
+            self.base_env.set_state(json.loads(str(data["env_state"])))
+            self.step, self.next = line["step"], None
+            self._restore({key.removeprefix("proposal/"): v for key, v in data.items() if key.startswith("proposal/")})
+            self.look_ahead()
             stats = self.agent.learn(data["queries"], data["replies"])
             self.since_eval["stats"] = {"charts/reward": float(np.mean(data["replies"])), **stats}
             self.shown.add(data["replies"], mode)
-            self.gen.set_state(torch.from_numpy(data["generator"]))
-            self.base_env.set_state(json.loads(str(data["env_state"])))
-            self.step = line["step"]
             self.checkpoint()
         folder.write_metrics(self.records)
         print(

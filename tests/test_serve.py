@@ -71,6 +71,54 @@ def test_images_travel_as_png_data_urls_without_loss_beyond_8_bits() -> None:
     assert torch.allclose(image_from_data_url(png_data_url(x)), x, atol=1 / 127.5)
 
 
+def test_an_announced_round_can_be_answered_before_the_env_asks_it_and_only_once() -> None:
+    import threading
+
+    from papa_env.env import PreferenceEnv
+    from papa_env.oracles.human import HumanOracle
+
+    user = HumanOracle()
+    env = PreferenceEnv(user, feedback_budget=20, queries_per_step=2)
+    env.reset(seed=0)
+    first = np.full((2, 1, 28, 28), -1.0, np.float32)
+    env.announce(first)  # what run_session(lookahead=True) does while the agent still learns
+    assert user.pending()[0] == 1
+    user.submit(1, [1, -1])  # the person is quicker than the update
+    assert user.pending() is None  # answered: the page shows "learning", not this round again
+    with pytest.raises(ValueError, match="no round is waiting"):
+        user.submit(1, [-1, -1])  # a replay changes nothing
+    _, _, _, _, info = env.step(first)  # the env asks it: the answer is there already
+    assert info["replies"].tolist() == [1, -1] and env.unwrapped.replies_spent == 2
+    # a round asked without an announcement waits for its answer as before
+    second = np.zeros((2, 1, 28, 28), np.float32)
+    threading.Timer(0.2, lambda: user.submit(2, [0, 1])).start()
+    assert env.step(second)[4]["replies"].tolist() == [0, 1]
+
+
+def test_with_lookahead_the_next_round_shows_before_the_update_ends(tiny_unet, tmp_path) -> None:
+    """The page shows round 2 while the agent still learns from round 1 (an update slowed down here)."""
+    agent = _tiny_agent(tiny_unet)
+    learn, learning = agent.learn, []
+
+    def slow(queries, replies):
+        learning.append(time.time())
+        time.sleep(1.5)
+        return learn(queries, replies)
+
+    agent.learn = slow
+    app, server, url = _start(agent, tmp_path / "run", budget=30)
+    try:
+        _wait_round(url, 1)
+        assert _post(url, {"round": 1, "replies": [1] * 10})[0] == 200
+        shown = _wait_round(url, 2)
+        assert shown["round"] == 2 and time.time() < learning[0] + 1.5  # the update of round 1 is still running
+        assert _post(url, {"round": 2, "replies": [-1] * 10})[0] == 200  # answered during the update
+        assert _wait_round(url, 3)["replies_used"] == 20
+    finally:
+        _stop(app, server)
+    assert len((tmp_path / "run" / "replies.jsonl").read_text().splitlines()) == 2
+
+
 def test_bad_submissions_are_refused_and_change_nothing_then_a_restart_resumes(tiny_unet, tmp_path) -> None:
     out = tmp_path / "run"
     app, server, url = _start(_tiny_agent(tiny_unet), out)

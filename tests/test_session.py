@@ -136,3 +136,68 @@ def test_a_session_persists_the_proposal_a_resume_needs(tiny_unet, tmp_path) -> 
 def test_bad_eval_every_is_refused(tiny_unet) -> None:
     with pytest.raises(ValueError, match="eval_every"):
         run_session(_agent(tiny_unet), bright_env(20), eval_every=-5, progress=False)
+
+
+class _Announced:
+    """Wraps an env's user: records what was announced and when (before or after the agent's update)."""
+
+    def __init__(self, user, agent) -> None:
+        self.user, self.agent, self.log = user, agent, []
+
+    def __getattr__(self, name):
+        return getattr(self.user, name)
+
+    def announce(self, images) -> None:
+        self.log.append((images.clone(), self.agent.updates))
+
+
+@pytest.mark.parametrize("kind", ["papa", "ddpo"])
+def test_lookahead_announces_the_next_queries_before_the_update_and_resumes_exactly(kind, tiny_unet, tmp_path) -> None:
+    def make():
+        if kind == "ddpo":
+            return DDPO(tiny_unet, DDPOConfig(queries_per_step=10, num_sampling_steps=3, lr=1e-3))
+        return _agent(tiny_unet)
+
+    def env_for(agent):
+        env = bright_env(60)
+        env.oracle = _Announced(env.oracle, _Counting(agent))
+        return env
+
+    straight = tmp_path / "straight"
+    agent = make()
+    env = env_for(agent)
+    run_session(agent, env, straight, eval_every=0, progress=False, lookahead=True)
+    log = env.oracle.log
+    asked = np.stack([np.load(straight / "queries" / f"step_{i:04d}.npz")["queries"] for i in range(1, 7)])
+    # steps 2-6 were announced, each before the update on the step before it (one update stale), and then asked
+    assert len(log) == 5 and [n for _, n in log] == [0, 1, 2, 3, 4]
+    assert all(torch.equal(images, torch.from_numpy(q)) for (images, _), q in zip(log, asked[1:]))
+    # killed after step 3's replies were persisted, before the update (and the proposal of step 4) was checkpointed
+    interrupted = tmp_path / "interrupted"
+    run_session(make(), bright_env(60), interrupted, eval_every=0, progress=False, stop_after_steps=2, lookahead=True)
+    lines = (straight / "replies.jsonl").read_text().splitlines()
+    (interrupted / "replies.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (interrupted / "queries" / "step_0003.npz").write_bytes((straight / "queries" / "step_0003.npz").read_bytes())
+    run_session(make(), bright_env(60), interrupted, eval_every=0, progress=False, lookahead=True)
+    assert _replies(straight) == _replies(interrupted)
+    a = load_state(straight / "checkpoint.safetensors")["agent"]
+    b = load_state(interrupted / "checkpoint.safetensors")["agent"]
+    key = "unet" if "unet" in a else next(k for k in a if isinstance(a[k], dict))
+    assert all(torch.equal(a[key][n], b[key][n]) for n in a[key])
+    # a resume that changes lookahead is refused (the queries differ)
+    with pytest.raises(RunMismatchError, match="lookahead"):
+        run_session(make(), bright_env(60), straight, eval_every=0, progress=False)
+
+
+class _Counting:
+    """How many updates an agent has made (its ``learn`` calls), read when the next queries are announced."""
+
+    def __init__(self, agent) -> None:
+        self.updates = 0
+        learn = agent.learn
+
+        def counted(queries, replies):
+            self.updates += 1
+            return learn(queries, replies)
+
+        agent.learn = counted
