@@ -193,21 +193,23 @@ def run_many(
     workers: int = 1,
     backend: str = "local",
     address: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every session; results in spec order.
+    """Every session; results in spec order, each with ``threads`` torch threads (default: this machine's CPUs
+    shared among the workers; with one local worker, torch's own default).
 
     ``backend="local"``: in ``workers`` processes of this machine (each with its share of the CPU threads).
     ``backend="ray"``: each session a Ray task asking for that many CPUs, on a local Ray started here with
     ``workers`` x threads CPUs, or on the cluster at ``address`` (``"auto"``: the one this machine belongs to); a
     task's run folder comes back to ``root`` with its result when the driver does not see the worker's disk.
     """
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    given, threads = threads, threads or max(1, (os.cpu_count() or 1) // workers)
     if backend == "ray":
         return _run_on_ray(specs, Path(root), workers, threads, address)
     if backend != "local":
         raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
     if workers <= 1:
-        return [run_one(s, root) for s in specs]
+        return [run_one(s, root, given) for s in specs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -688,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         "back, not rerun, and its agents join this comparison",
     )
     p.add_argument("--workers", type=int, default=1, help="sessions side by side, each in its own process")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per session (default: CPUs / workers)")
     p.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -766,7 +769,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = Path(a.out) / tag
     reused = load_reused(a.reuse, a.seeds, a.budget, a.eval_every) if a.reuse else []
     todo = [s for s in specs if not any(r["agent"] == s.label and r["seed"] == s.seed for r in reused)]
-    done = run_many(todo, root, a.workers, a.backend, a.address)
+    done = run_many(todo, root, a.workers, a.backend, a.address, a.threads)
     results = _ordered([*reused, *done])
     rows = write_outputs(results, root, tag, suite=bool(a.suite))
     if not a.no_grid:

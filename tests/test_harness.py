@@ -201,3 +201,14 @@ def test_ray_on_a_local_cluster_writes_the_same_results_as_the_local_pool(tmp_pa
     root = tmp_path / "ray" / "PAPA-MNIST-v0-quick"
     assert (root / "results.jsonl").exists() and (root / "epapa-s0" / "replies.jsonl").exists()
     harness.main([*args, "--workers", "2", "--backend", "ray", "--out", str(tmp_path / "ray")])  # read back: no rerun
+
+
+def test_threads_reach_every_session(monkeypatch, tmp_path) -> None:
+    seen = []
+    monkeypatch.setattr(harness, "run_one", lambda spec, root, threads=None: seen.append(threads) or {})
+    specs = [SessionSpec("base", seed=s) for s in range(2)]
+    harness.run_many(specs, tmp_path, workers=1, threads=1)
+    harness.run_many(specs, tmp_path, workers=1)  # one local worker: torch's own default (OMP_NUM_THREADS)
+    assert seen == [1, 1, None, None]
+    with pytest.raises(SystemExit):
+        harness.main(["--threads", "x"])
