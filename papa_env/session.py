@@ -5,7 +5,9 @@ are persisted in the run folder's journal (:mod:`papa_env.runfolder`) -> only th
 replies)`` -> checkpoint. A run killed at any point resumes from its folder: a reply that was persisted but not yet
 learned from is learned from on resume, never asked for again; nothing is lost or spent twice. Every
 ``eval_every`` replies (and before the first) an evaluator (:class:`papa_env.evaluation.Evaluator`) scores fresh
-samples with privileged access that spends no budget.
+samples with privileged access that spends no budget. With ``lookahead`` the next step's queries are proposed (and
+announced to the user, ``env.announce``) between persisting the replies and learning from them: a person judges the
+next round while the agent learns.
 
 This module knows agents only through the :class:`Agent` protocol; it never imports ``papa_env.agents``.
 """
