@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         "p95": float(np.percentile(lat, 95)),
         "max": float(lat.max()),
         "wall": wall,
+        "latencies": [round(float(x), 3) for x in lat],
         "status": state["status"],
         "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
