@@ -9,8 +9,9 @@ the agent's K queries; the person marks each like / dislike / unsure (click cycl
 space mark it, U undoes, Enter submits) and submits; the reply is persisted in the run folder before the agent learns
 from it. With lookahead (the default) the next round is sampled right after the reply is persisted and shown while the
 agent learns from this one (its images come from the model one update behind); ``--no-lookahead`` shows it after the
-update. Closing the tab, reloading (marks are kept in the browser) or killing the server and starting it again resumes
-where the session stopped: nothing lost, nothing asked twice.
+update. An answer given before that update ends is journalled when it ends (a kill in between asks that round again).
+Closing the tab, reloading (marks are kept in the browser) or killing the server and starting it again resumes where
+the session stopped: nothing lost, nothing asked twice.
 
 Built on the standard library's ``http.server`` (one local user, four JSON endpoints and a page of plain HTML and a
 little JavaScript: no framework, no CDN, nothing fetched at run time). Bound to 127.0.0.1 unless ``--host`` says
