@@ -44,3 +44,33 @@ def test_tiny_agent_with_a_reckless_learning_rate_is_caught_collapsing(tiny_unet
         from papa_env.evaluation import Evaluator
 
         Evaluator(env, n=1)
+
+
+def _record(replies: int, like: float, shares: dict[int, float], conf: float = 0.9, shown: float | None = None) -> dict:
+    r = {"replies": replies, "eval/like_rate_judge": like, "eval/like_rate_oracle": like, "eval/judge_confidence": conf,
+         "eval/max_class_share": max(shares.values())}  # fmt: skip
+    r |= {f"eval/class_share/{c}": s for c, s in shares.items()}
+    if shown is not None:
+        r["session/shown_like_rate"] = shown
+    return r
+
+
+def test_session_metrics_on_hand_made_records() -> None:
+    from papa_env.evaluation import relative_balance, session_metrics
+
+    records = [
+        _record(0, 0.2, {1: 0.10, 4: 0.10, 7: 0.05}, conf=0.90),
+        _record(50, 0.92, {1: 0.40, 4: 0.30, 7: 0.22}, shown=0.5),  # first >= 0.9
+        _record(100, 0.88, {1: 0.40, 4: 0.40, 7: 0.08}, shown=0.6),
+        _record(150, 0.95, {1: 0.50, 4: 0.40, 7: 0.05}, conf=0.93, shown=0.7),
+    ]
+    m = session_metrics(records, liked=(1, 4, 7))
+    assert m["replies_to_target"] == 50 and m["like_rate"]["150"] == 0.95 and m["metric"] == "like_rate_judge"
+    assert m["shown_like_rate"] == 0.7 and m["judge_confidence"] == [0.90, 0.93]
+    # digit 7: 0.05 / 0.25 of the liked samples at the start, 0.05 / 0.95 at the end -> (0.05/0.95) / 0.2
+    assert m["relative_balance"] == pytest.approx((0.05 / 0.95) / 0.2)
+    assert relative_balance(records, (1, 4, 7), at=1) == pytest.approx((0.30 / 0.92) / 0.4)  # digit 4 lags
+    assert m["collapse"] == []  # 0.92 -> 0.88 is within the 0.05 tolerance
+    never = session_metrics([_record(0, 0.2, {3: 0.1}), _record(50, 0.5, {3: 0.2}), _record(100, 0.4, {3: 0.9})], (3,))
+    assert never["replies_to_target"] is None and never["relative_balance"] is None  # one liked class: no balance
+    assert never["shown_like_rate"] is None and len(never["collapse"]) == 1  # 0.5 -> 0.4 fell; one class is the goal

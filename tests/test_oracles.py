@@ -142,12 +142,12 @@ def test_classifier_user_agrees_with_the_judge_on_base_samples() -> None:
     from papa_env.metrics import judge
 
     for dataset, pref in (("mnist", (1, 4, 7, 9)), ("fashion-mnist", (5, 7, 9))):
-        images = sample(load_pretrained(f"{dataset}-ddpm"), 300, generator=torch.Generator().manual_seed(0))
+        images = sample(load_pretrained(f"{dataset}-ddpm"), 200, generator=torch.Generator().manual_seed(0))
         user = ClassifierOracle(dataset, preference=pref)
         judged = torch.isin(judge(load_pretrained(f"{dataset}-judge"), images).labels, torch.tensor(pref)).numpy()
         agreement = float((user.likes(images) == judged).mean())
         print(
-            f"{dataset}: user's likes agree with the judge on {agreement:.3f} of 300 base samples; "
+            f"{dataset}: user's likes agree with the judge on {agreement:.3f} of 200 base samples; "
             f"base like-rate {user.likes(images).mean():.3f}"
         )
         assert agreement >= 0.95
