@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -m "slow or not slow" --durations=25
+	$(PY) -m pytest -q -m "slow or not slow" -n auto --dist worksteal --durations=30
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q

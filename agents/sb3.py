@@ -47,12 +47,12 @@ class SB3Sampler:
         return torch.cat(images)[:n]
 
 
-def wrap_for(algo: str, env: gym.Env) -> NoiseToImage:
+def wrap_for(algo: str, env: gym.Env, unet: torch.nn.Module | None = None) -> NoiseToImage:
     """The env as SB3's ``algo`` sees it: budget as a fraction, the action as noise (atanh-squashed for SAC, whose
-    tanh policy then starts as base-model noise)."""
+    tanh policy then starts as base-model noise) decoded by ``unet`` (default: the env's shipped base model)."""
     from papa_env.wrappers import BudgetFraction
 
-    return NoiseToImage(BudgetFraction(env), squashed=algo == "sb3-sac")
+    return NoiseToImage(BudgetFraction(env), unet, squashed=algo == "sb3-sac")
 
 
 def make_model(algo: str, wrapped: gym.Env, seed: int):
@@ -62,8 +62,10 @@ def make_model(algo: str, wrapped: gym.Env, seed: int):
     if algo == "sb3-ppo":
         # The action has K x 784 dims: the log-prob ratio of a whole action moves fast, and once exp() of it
         # overflows PPO's loss goes inf / NaN. target_kl stops each update before that (SB3's own knob).
-        n_steps = max(2, min(10, steps))
+        # SB3 collects whole rollouts: n_steps divides the budget's steps, or the last rollout would ask past it
+        n_steps = max(d for d in range(1, min(10, steps) + 1) if steps % d == 0)
         return sb3.PPO("MultiInputPolicy", wrapped, n_steps=n_steps, batch_size=n_steps, n_epochs=4,
+                       normalize_advantage=n_steps > 1,  # SB3 refuses to normalise a batch of one
                        learning_rate=1e-4, target_kl=0.02, seed=seed, device="cpu")  # fmt: skip
     if algo == "sb3-sac":
         return sb3.SAC("MultiInputPolicy", wrapped, buffer_size=1000, learning_starts=min(5, steps - 1), batch_size=8,
@@ -74,7 +76,7 @@ def make_model(algo: str, wrapped: gym.Env, seed: int):
 POLICY_FILE = "sb3_policy.safetensors"
 
 
-def load_sampler(algo: str, env: gym.Env, run_dir: Path) -> SB3Sampler:
+def load_sampler(algo: str, env: gym.Env, run_dir: Path, unet: torch.nn.Module | None = None) -> SB3Sampler:
     """The policy a :func:`run_sb3` session saved in ``run_dir``, as something with ``generate(n, generator)``.
 
     The policy's weights are read with :func:`papa_env.checkpoint.load_state` (no pickle): SB3's own ``.zip``
@@ -82,13 +84,15 @@ def load_sampler(algo: str, env: gym.Env, run_dir: Path) -> SB3Sampler:
     """
     from papa_env.checkpoint import load_state
 
-    wrapped = wrap_for(algo, env)
+    wrapped = wrap_for(algo, env, unet)
     model = make_model(algo, wrapped, seed=0)
     model.policy.load_state_dict(load_state(Path(run_dir) / POLICY_FILE)["policy"])
     return SB3Sampler(model, wrapped)
 
 
-def run_sb3(algo: str, env, evaluator, seed: int, eval_every: int, run_dir: Path) -> list[dict]:
+def run_sb3(
+    algo: str, env, evaluator, seed: int, eval_every: int, run_dir: Path, unet: torch.nn.Module | None = None
+) -> list[dict]:
     """SB3 PPO / SAC, unchanged, via ``model.learn`` on the noise-wrapped env; evaluations in a callback.
 
     Every reply is persisted in ``run_dir``'s journal (:class:`~papa_env.wrappers.ReplyLog`) before SB3 sees it;
@@ -101,7 +105,7 @@ def run_sb3(algo: str, env, evaluator, seed: int, eval_every: int, run_dir: Path
     from papa_env.wrappers import ReplyLog
 
     base_env = env.unwrapped
-    wrapped = wrap_for(algo, ReplyLog(env, run_dir))
+    wrapped = wrap_for(algo, ReplyLog(env, run_dir), unet)
     k = base_env.queries_per_step
     steps = base_env.feedback_budget // k
     model = make_model(algo, wrapped, seed)

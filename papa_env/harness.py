@@ -30,7 +30,7 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ class SessionSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     taste: str = ""
     group: str = ""
+    model: str = ""
+    """A base model file (``papa pretrain``'s safetensors) instead of the env's shipped one; ``""``: the shipped one."""
 
     @property
     def label(self) -> str:
@@ -89,10 +91,9 @@ def make_agent(spec: SessionSpec, env) -> Any:
     from papa_env.agents.papa import PAPA, PRESETS
     from papa_env.agents.references import BaseModel, OracleBestOfN
     from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
-    from papa_env.models import load_pretrained
 
     name, seed = spec.agent, spec.seed
-    unet = load_pretrained(env.unwrapped.base_model)
+    unet = base_unet(spec, env)
     pairs = env.unwrapped.mode == "pairwise" and name not in PAIRWISE_ONLY
     k = env.unwrapped.queries_per_step * (2 if pairs else 1)
     if name in PAPA_AGENTS:
@@ -112,6 +113,22 @@ def make_agent(spec: SessionSpec, env) -> Any:
     else:
         raise ValueError(f"unknown agent {name!r}; expected one of {ALL}")
     return Pairwise(agent) if pairs and name not in REFERENCES else agent
+
+
+def base_unet(spec: SessionSpec, env):
+    """The session's base model: ``spec.model``'s file, or the env's shipped model."""
+    from papa_env.models import load_model, load_pretrained
+
+    return load_model(spec.model) if spec.model else load_pretrained(env.unwrapped.base_model)
+
+
+def _same_spec(stored: dict[str, Any] | None, spec: SessionSpec) -> bool:
+    """Whether a finished session's stored spec is ``spec`` (results written before a field existed have its
+    default)."""
+    if stored is None:
+        return False
+    defaults = {f.name: f.default for f in dataclasses.fields(SessionSpec) if not isinstance(f.default, type(MISSING))}
+    return {**defaults, **stored} == json.loads(json.dumps(asdict(spec)))
 
 
 def make_env(spec: SessionSpec):
@@ -141,7 +158,7 @@ def run_one(spec: SessionSpec, root: str | os.PathLike, threads: int | None = No
     done = run_dir / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        if result.get("spec") != json.loads(json.dumps(asdict(spec))):
+        if not _same_spec(result.get("spec"), spec):
             raise ValueError(
                 f"{run_dir} holds a session run with other settings ({result.get('spec')}); use another --out"
             )
@@ -156,7 +173,7 @@ def run_one(spec: SessionSpec, root: str | os.PathLike, threads: int | None = No
 
         shutil.rmtree(run_dir, ignore_errors=True)
         env.reset(seed=spec.seed)
-        records = run_sb3(spec.agent, env, evaluator, spec.seed, spec.eval_every, run_dir)
+        records = run_sb3(spec.agent, env, evaluator, spec.seed, spec.eval_every, run_dir, base_unet(spec, env))
     else:
         agent = make_agent(spec, env)
         if spec.agent in REFERENCES:
@@ -578,7 +595,7 @@ def final_sampler(spec: SessionSpec, root: Path):
     if spec.agent in SB3:
         from papa_env.agents.sb3 import load_sampler
 
-        return load_sampler(spec.agent, env, run_dir)
+        return load_sampler(spec.agent, env, run_dir, base_unet(spec, env))
     agent = make_agent(spec, env)
     if (run_dir / CHECKPOINT).exists():
         agent.load_state_dict(load_state(run_dir / CHECKPOINT)["agent"])
@@ -673,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="config fields set for every agent, e.g. '{\"lr\": 2e-4}' (the label gets +lr=0.0002)",
     )
+    p.add_argument(
+        "--model",
+        default="",
+        metavar="PATH",
+        help="a base model file (e.g. from `papa pretrain ddpm`) for every agent instead of the env's shipped one",
+    )
     p.add_argument("--seeds", type=int, default=5, help="sessions per agent (and per taste): seeds 0..N-1")
     p.add_argument("--budget", type=int, default=300, help="replies per session (a multiple of 10)")
     p.add_argument("--eval-every", type=int, default=50, help="replies between evaluations")
@@ -736,7 +759,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         env_kwargs["mistake_rate"] = a.mistake_rate
     if a.oracle:
         env_kwargs["oracle"] = a.oracle
+    if a.model and not Path(a.model).is_file():
+        raise SystemExit(f"--model: no file {a.model!r}; expected a UNet saved by `papa pretrain ddpm` (safetensors)")
     base = dict(budget=a.budget, eval_every=a.eval_every, eval_samples=a.eval_samples, overrides=overrides)
+    if a.model:
+        base["model"] = str(Path(a.model).resolve())
     if a.suite:
         tastes = quick_suite() if a.quick else make_suite(a.suite)
         if a.tastes:

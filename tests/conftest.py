@@ -72,3 +72,23 @@ def tiny_clip() -> torch.nn.Module:
         transformer_heads=2,
         transformer_layers=1,
     ).eval()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs ``-n 2``) each worker gets its share of the cores: torch's default of one
+    thread per core in every worker would oversubscribe the machine (several times slower on 2 cores)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny UNet saved as a base-model file (``papa run / papa bench --model``): the harness's plumbing at a
+    fraction of the shipped model's cost."""
+    from papa_env.models import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-ddpm.safetensors"
+    save_model(make_unet(**TINY_UNET), path)
+    return str(path)

@@ -12,8 +12,12 @@ from papa_env.harness import SessionSpec
 
 
 def _quick(tmp_path, agents: str, *extra: str) -> list[dict]:
-    args = ["--quick", "--budget", "20", "--eval-every", "20", "--eval-samples", "20", "--agents", agents]
+    args = ["--quick", "--budget", "10", "--eval-every", "10", "--eval-samples", "20", "--agents", agents]
     return harness.main([*args, "--out", str(tmp_path), *extra])
+
+
+def _results(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "PAPA-MNIST-v0-quick" / "results.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -26,7 +30,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> 
     assert [r["agent"] for r in rows] == [a for a in harness.ALL if a in agents.split(",")]  # ALL's order
     results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
     for r in results:
-        assert [rec["replies"] for rec in r["records"]] == [0, 20], r["agent"]
+        assert [rec["replies"] for rec in r["records"]] == [0, 10], r["agent"]
         assert 0 <= r["records"][-1]["eval/like_rate_judge"] <= 1
         assert set(r["metrics"]) >= {"replies_to_target", "shown_like_rate", "relative_balance", "collapse"}
     # every learner persisted its replies before learning; SB3 through the ReplyLog wrapper
@@ -49,26 +53,30 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> 
     table = (root / "table.md").read_text()
     assert "+-" not in table and "share/" not in table.splitlines()[0] and "1 0." in table
     csv_head = (root / "table.csv").read_text().splitlines()[0].split(",")
-    assert "like@20" in csv_head and "like@20_ci95" in csv_head and "share/7" in csv_head
+    assert "like@10" in csv_head and "like@10_ci95" in csv_head and "share/7" in csv_head
 
 
 @pytest.mark.slow
-def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path) -> None:
+def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--agents", "base,epapa", "--seeds", "2", "--budget", "10", "--eval-every", "10"]
-    args += ["--eval-samples", "10", "--no-grid"]
+    args += ["--eval-samples", "10", "--no-grid", "--model", tiny_model_file]
     serial = harness.main([*args, "--out", str(tmp_path / "serial")])
     parallel = harness.main([*args, "--workers", "2", "--out", str(tmp_path / "parallel")])
     # same sessions, same order; like-rates equal up to thread-count float noise
     assert [r["agent"] for r in parallel] == [r["agent"] for r in serial]
     for a, b in zip(serial, parallel):
         assert a["like@0"] == b["like@0"] and a["seeds"] == b["seeds"] == 2
+    assert all(r["spec"]["model"] == tiny_model_file for r in _results(tmp_path / "parallel"))  # the file given
     with pytest.raises(SystemExit):
         harness.main([*args, "--workers", "0", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="--model: no file"):
+        harness.main([*args, "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")])
 
 
 @pytest.mark.slow
-def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path) -> None:
+def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
+    args += ["--model", tiny_model_file]
     earlier = harness.main([*args, "--agents", "epapa,base", "--out", str(tmp_path / "a")])
     reuse = str(tmp_path / "a" / "PAPA-MNIST-v0-quick" / "results.jsonl")
     rows = harness.main([*args, "--agents", "ddpo", "--reuse", reuse, "--out", str(tmp_path / "b")])
@@ -90,9 +98,10 @@ def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_p
 
 
 @pytest.mark.slow
-def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path) -> None:
-    """The suite's quick mode, as `make test` runs it: three tastes, one of them noisy, 20 replies."""
+def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path, tiny_model_file) -> None:
+    """The suite's quick mode (on the tiny model): three tastes, one of them noisy."""
     args = ["--suite", "tuning", "--quick", "--agents", "epapa", "--budget", "10", "--eval-samples", "20"]
+    args += ["--model", tiny_model_file]
     harness.main([*args, "--no-grid", "--out", str(tmp_path)])
     root = tmp_path / "suite-tuning-quick"
     report = (root / "suite.md").read_text()
@@ -189,10 +198,10 @@ def test_suite_report_aggregates_groups_and_finds_the_worst_taste() -> None:
 
 
 @pytest.mark.slow
-def test_ray_on_a_local_cluster_writes_the_same_results_as_the_local_pool(tmp_path) -> None:
+def test_ray_on_a_local_cluster_writes_the_same_results_as_the_local_pool(tmp_path, tiny_model_file) -> None:
     pytest.importorskip("ray")
     args = ["--quick", "--agents", "base,epapa", "--seeds", "1", "--budget", "10", "--eval-every", "10"]
-    args += ["--eval-samples", "10", "--no-grid"]
+    args += ["--eval-samples", "10", "--no-grid", "--model", tiny_model_file]
     local = harness.main([*args, "--workers", "2", "--out", str(tmp_path / "local")])
     on_ray = harness.main([*args, "--workers", "2", "--backend", "ray", "--out", str(tmp_path / "ray")])
     assert [r["agent"] for r in on_ray] == [r["agent"] for r in local]

@@ -94,3 +94,24 @@ def test_sb3_runs_unchanged_on_the_wrapped_env(tiny_unet, algo) -> None:
     model.learn(total_timesteps=8)
     action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
     assert action.shape == (2, 1, 28, 28) and np.abs(action).max() <= 3.0
+
+
+@pytest.mark.parametrize(("budget", "n_steps"), [(300, 10), (150, 5), (40, 4), (70, 7), (110, 1), (10, 1)])
+def test_ppo_collects_no_reply_past_the_budget(tiny_unet, tmp_path, budget, n_steps) -> None:
+    """SB3 collects whole rollouts of n_steps: the runner's n_steps divides the budget's interactions, so the last
+    rollout ends with the budget instead of resetting the env and asking a new episode's questions."""
+    from papa_env.agents.sb3 import make_model, wrap_for
+
+    env = PreferenceEnv(Bright(), queries_per_step=10, feedback_budget=budget)
+    assert make_model("sb3-ppo", wrap_for("sb3-ppo", env, tiny_unet), seed=0).n_steps == n_steps
+
+
+def test_an_sb3_session_spends_exactly_its_budget(tiny_unet, tmp_path) -> None:
+    from papa_env.agents.sb3 import run_sb3
+
+    for budget in (10, 110):  # 1 and 11 interactions: rollouts of 1 step (of 2 or 10 they would ask past the end)
+        env = PreferenceEnv(Bright(), queries_per_step=10, feedback_budget=budget)
+        env.reset(seed=0)
+        records = run_sb3("sb3-ppo", env, lambda s: ({}, None), 0, 10, tmp_path / str(budget), tiny_unet)
+        assert [r["replies"] for r in records] == list(range(0, budget + 1, 10))
+        assert len((tmp_path / str(budget) / "replies.jsonl").read_text().splitlines()) == budget // 10

@@ -192,21 +192,23 @@ def test_a_person_in_a_real_browser_answers_reloads_and_survives_a_server_restar
     from papa_env.oracles import ClassifierOracle
 
     manager, exe, args = _browser()
-    shots = Path(__file__).parents[1] / "docs" / "serve" if os.environ.get("PAPA_UPDATE_SCREENSHOTS") else tmp_path
+    update = bool(os.environ.get("PAPA_UPDATE_SCREENSHOTS"))  # the README's screenshots: "after ten rounds"
+    shots = Path(__file__).parents[1] / "docs" / "serve" if update else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
+    rounds = 10 if update else 4
     out = tmp_path / "run"
 
     def agent() -> PAPA:
         return PAPA(load_pretrained("mnist-ddpm"), replace(PRESETS["epapa"], seed=0))
 
-    app, server, url = _start(agent(), out, budget=100)
+    app, server, url = _start(agent(), out, budget=10 * rounds)
     port = server.server_address[1]
     with manager as p:
         browser = p.chromium.launch(executable_path=exe, args=args)
         page = browser.new_page(viewport={"width": 1000, "height": 1100})
         page.goto(url)
         page.wait_for_selector("#tile-9 img")
-        assert "Round 1 of 10" in page.inner_text("#status")
+        assert f"Round 1 of {rounds}" in page.inner_text("#status")
         page.screenshot(path=str(shots / "round1.png"), full_page=True)
         before = [p.detach().clone() for p in app.agent.model().parameters()]
         # round 1 with the keyboard: like the first five, dislike the rest, undo one and redo it, Enter
@@ -235,7 +237,7 @@ def test_a_person_in_a_real_browser_answers_reloads_and_survives_a_server_restar
         # kill the server mid-round and start it again on the same folder and port: the same round comes back
         images = _get(url)["images"]
         _stop(app, server)
-        app, server, url = _start(agent(), out, budget=100, port=port)
+        app, server, url = _start(agent(), out, budget=10 * rounds, port=port)
         assert _wait_round(url, 3)["images"] == images
         page.reload()
         page.wait_for_selector("#tile-2.like")
@@ -244,7 +246,7 @@ def test_a_person_in_a_real_browser_answers_reloads_and_survives_a_server_restar
             page.keyboard.press(" ")
         page.keyboard.press("Enter")
         taste = ClassifierOracle("mnist", preference=(0, 6))  # the rest as a person who likes zeros and sixes would
-        for number in range(4, 11):
+        for number in range(4, rounds + 1):
             page.wait_for_function(f"document.getElementById('status').textContent.includes('Round {number} ')",
                                    timeout=120_000)  # fmt: skip
             shown = torch.stack([image_from_data_url(u) for u in _get(url)["images"]])
@@ -254,8 +256,8 @@ def test_a_person_in_a_real_browser_answers_reloads_and_survives_a_server_restar
             page.keyboard.press("Enter")
         page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=120_000)
         page.wait_for_function("document.querySelector('#grids img[alt=now]').complete", timeout=120_000)
-        page.screenshot(path=str(shots / "after10.png"), full_page=True)
+        page.screenshot(path=str(shots / f"after{rounds}.png"), full_page=True)
         browser.close()
     _stop(app, server)
-    assert len((out / "replies.jsonl").read_text().splitlines()) == 10 and (out / "model.safetensors").exists()
+    assert len((out / "replies.jsonl").read_text().splitlines()) == rounds and (out / "model.safetensors").exists()
     assert np.isclose(json.loads((out / "replies.jsonl").read_text().splitlines()[2])["replies"].count(0), 7)

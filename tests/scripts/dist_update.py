@@ -1,6 +1,8 @@
 """One PAPA update, run under torchrun by tests/test_distributed.py: rank 0 saves the weights after it.
 
-torchrun --standalone --nproc_per_node=2 tests/scripts/dist_update.py MODEL K OUT
+torchrun --standalone --nproc_per_node=2 tests/scripts/dist_update.py MODEL K[,K...] OUT
+
+writes OUT-K.safetensors (and its gradients) for each K.
 """
 
 import sys
@@ -25,7 +27,9 @@ def update(model: str, k: int) -> PAPA:
 
 if __name__ == "__main__":
     distributed.init("cpu")
-    agent = update(sys.argv[1], int(sys.argv[2]))
-    if distributed.world()[0] == 0:
-        save_model(agent.unet, sys.argv[3])
-        torch.save([p.grad for p in agent.unet.parameters()], sys.argv[3] + ".grads")  # the test's own file
+    for k in sys.argv[2].split(","):
+        agent = update(sys.argv[1], int(k))
+        if distributed.world()[0] == 0:
+            out = f"{sys.argv[3]}-{k}.safetensors"
+            save_model(agent.unet, out)
+            torch.save([p.grad for p in agent.unet.parameters()], out + ".grads")  # the test's own file
