@@ -5,9 +5,9 @@ are persisted in the run folder's journal (:mod:`papa_env.runfolder`) -> only th
 replies)`` -> checkpoint. A run killed at any point resumes from its folder: a reply that was persisted but not yet
 learned from is learned from on resume, never asked for again; nothing is lost or spent twice. Every
 ``eval_every`` replies (and before the first) an evaluator (:class:`papa_env.evaluation.Evaluator`) scores fresh
-samples with privileged access that spends no budget. With ``lookahead`` the next step's queries are proposed (and
-announced to the user, ``env.announce``) between persisting the replies and learning from them: a person judges the
-next round while the agent learns.
+samples with privileged access that spends no budget. With ``lookahead`` the next step's queries are proposed while
+the user answers this step's and announced to the user (``env.announce``) as soon as the replies are persisted, before
+the agent learns from them: a person judges the next round while the agent learns and draws the one after.
 
 This module knows agents only through the :class:`Agent` protocol; it never imports ``papa_env.agents``.
 """
@@ -119,9 +119,10 @@ def run_session(
         seed: seeds the env's reset and the agent's query noise.
         progress: tqdm bar over interactions.
         stop_after_steps: stop (as if killed) after this many interactions of this call: for tests.
-        lookahead: propose the next step's queries right after the replies are persisted, *before* learning from
-            them, and announce them to the user (``env.announce``): a person judges the next round while the agent
-            learns (``papa serve``). The queries are then one update stale. Checkpointed; resumes exactly.
+        lookahead: propose the next step's queries while the user answers this step's (from the model before this
+            step's update) and announce them to the user (``env.announce``) once this step's replies are persisted,
+            before learning from them: a person judges the next round while the agent learns and draws the one
+            after (``papa serve``). The queries are then one update stale. Checkpointed; resumes exactly.
     """
     if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"eval_every must be an int >= 0 (0: no evaluation), got {eval_every!r}")
@@ -204,12 +205,17 @@ class _Run:
                 t0 = time.perf_counter()
                 queries = self.agent.propose(self.gen)
                 t_sample = time.perf_counter() - t0
+                if self.lookahead:  # the first round (or the first after a resume): shown before the next is drawn
+                    self.env.unwrapped.announce(queries)
+            asked_at = self.gen.get_state()  # what the journal line records, as if nothing was proposed since
+            self.look_ahead(self.step + 1, announce=False)  # the round after this one, while the user answers it
             _, reward, _, _, info = self.env.step(queries)
             replies = np.asarray(info["replies"], dtype=np.int8)
             self.step += 1
-            self.persist(queries, replies)  # before the agent sees the replies
+            self.persist(queries, replies, asked_at)  # before the agent sees the replies
             self.shown.add(replies, self.base_env.mode)
-            self.look_ahead()
+            if self.next is not None:
+                self.env.unwrapped.announce(self.next["queries"])
             t1 = time.perf_counter()
             stats = self.agent.learn(queries, replies)
             t_learn = time.perf_counter() - t1
@@ -226,10 +232,12 @@ class _Run:
         if self.folder is not None and self.step == self.steps_total:
             _finish(self.folder.path, self.agent, self.records, self.base_env.base_model)
 
-    def look_ahead(self) -> None:
-        """With ``lookahead``: propose the next step's queries now (from the model before this step's update) and
-        announce them; the proposal state of this step is put back for its ``learn``."""
-        if not self.lookahead or self.step >= self.steps_total:
+    def look_ahead(self, step: int, announce: bool = True) -> None:
+        """With ``lookahead``: propose the queries of the step after ``step`` now, from the model before ``step``'s
+        update (the loop does it while the user answers ``step``; a resume after its replies were persisted), and
+        announce them, or leave that to the loop once ``step``'s replies are persisted. The proposal state of
+        ``step`` is put back for its ``learn``."""
+        if not self.lookahead or step >= self.steps_total:
             return
         current = getattr(self.agent, "proposal_state", dict)()
         t0 = time.perf_counter()
@@ -239,7 +247,8 @@ class _Run:
             "proposal": getattr(self.agent, "proposal_state", dict)(),
             "seconds": time.perf_counter() - t0,
         }
-        self.env.unwrapped.announce(self.next["queries"])
+        if announce:
+            self.env.unwrapped.announce(self.next["queries"])
         self._restore(current)
 
     def _restore(self, proposal: dict[str, np.ndarray]) -> None:
@@ -265,11 +274,11 @@ class _Run:
             self.step * self.k % self.eval_every == 0 or self.step == self.steps_total
         )
 
-    def persist(self, queries: np.ndarray, replies: np.ndarray) -> None:
+    def persist(self, queries: np.ndarray, replies: np.ndarray, generator: torch.Tensor) -> None:
         if self.folder is None:
             return
         arrays = {
-            "generator": self.gen.get_state().numpy(),
+            "generator": generator.numpy(),
             "env_state": np.array(json.dumps(self.base_env.get_state())),
         }
         proposal = getattr(self.agent, "proposal_state", dict)()
@@ -339,7 +348,7 @@ class _Run:
             self.base_env.set_state(json.loads(str(data["env_state"])))
             self.step, self.next = line["step"], None
             self._restore({key.removeprefix("proposal/"): v for key, v in data.items() if key.startswith("proposal/")})
-            self.look_ahead()
+            self.look_ahead(self.step)
             stats = self.agent.learn(data["queries"], data["replies"])
             self.since_eval["stats"] = {"charts/reward": float(np.mean(data["replies"])), **stats}
             self.shown.add(data["replies"], mode)

@@ -59,7 +59,7 @@ def test_two_processes_give_the_single_process_update(tmp_path) -> None:
 
 
 def _papa_run(model: str, out: Path, budget: int) -> list[str]:
-    return [*TORCHRUN, "-m", "papa_env.cli", "run", "--model", model, "--preset", "faithful-epapa", "--sampler", "ddim",
+    return [*TORCHRUN, "-m", "papa_env.cli", "run", "--model", model, "--preset", "epapa", "--sampler", "ddim",
             "--num-sampling-steps", "2", "--budget", str(budget), "--eval-every", "0", "--threads", "1",
             "--device", "cpu", "--out", str(out)]  # fmt: skip
 

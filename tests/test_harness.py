@@ -21,9 +21,10 @@ def _results(out) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> None:
+def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tiny_model_file) -> None:
+    """Every kind of agent through the quick mode, on the tiny UNet (`--model`): the plumbing, not the figures."""
     agents = "papa,epapa,ddpo,d3po,sb3-ppo,sb3-sac,reward-model,base,oracle-best-of-n"
-    rows = _quick(tmp_path, agents)
+    rows = _quick(tmp_path, agents, "--model", tiny_model_file)
     root = tmp_path / "PAPA-MNIST-v0-quick"
     for name in ("results.jsonl", "table.csv", "table.md", "welch.md", "like_rate.png", "final_samples.png"):
         assert (root / name).exists(), name
@@ -47,7 +48,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path) -> 
         harness.main(["--quick", "--agents", "papa,dpo", "--out", str(tmp_path)])
     # a rerun reads the finished sessions back instead of spending replies again
     before = {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
-    assert _quick(tmp_path, agents) == rows
+    assert _quick(tmp_path, agents, "--model", tiny_model_file) == rows
     assert before == {n: (root / f"{n}-s0" / "replies.jsonl").read_text() for n in learners}
     # one seed: a plain number, no interval; numeric CSV columns; labelled class shares
     table = (root / "table.md").read_text()

@@ -142,13 +142,17 @@ class _Announced:
     """Wraps an env's user: records what was announced and when (before or after the agent's update)."""
 
     def __init__(self, user, agent) -> None:
-        self.user, self.agent, self.log = user, agent, []
+        self.user, self.agent, self.log, self.asked = user, agent, [], []
 
     def __getattr__(self, name):
         return getattr(self.user, name)
 
     def announce(self, images) -> None:
         self.log.append((images.clone(), self.agent.updates))
+
+    def reply(self, images, rng):
+        self.asked.append(self.agent.proposals)  # how many rounds the agent had drawn when this one was asked
+        return self.user.reply(images, rng)
 
 
 @pytest.mark.parametrize("kind", ["papa", "ddpo"])
@@ -169,9 +173,11 @@ def test_lookahead_announces_the_next_queries_before_the_update_and_resumes_exac
     run_session(agent, env, straight, eval_every=0, progress=False, lookahead=True)
     log = env.oracle.log
     asked = np.stack([np.load(straight / "queries" / f"step_{i:04d}.npz")["queries"] for i in range(1, 7)])
-    # steps 2-6 were announced, each before the update on the step before it (one update stale), and then asked
-    assert len(log) == 5 and [n for _, n in log] == [0, 1, 2, 3, 4]
-    assert all(torch.equal(images, torch.from_numpy(q)) for (images, _), q in zip(log, asked[1:]))
+    # every step was announced: the first at once, steps 2-6 each before the update on the step before it (one
+    # update stale); each was drawn while the user answered the step before it, then asked
+    assert len(log) == 6 and [n for _, n in log] == [0, 0, 1, 2, 3, 4]
+    assert all(torch.equal(images, torch.from_numpy(q)) for (images, _), q in zip(log, asked))
+    assert env.oracle.asked == [2, 3, 4, 5, 6, 6]
     # killed after step 3's replies were persisted, before the update (and the proposal of step 4) was checkpointed
     interrupted = tmp_path / "interrupted"
     run_session(make(), bright_env(60), interrupted, eval_every=0, progress=False, stop_after_steps=2, lookahead=True)
@@ -193,11 +199,15 @@ class _Counting:
     """How many updates an agent has made (its ``learn`` calls), read when the next queries are announced."""
 
     def __init__(self, agent) -> None:
-        self.updates = 0
-        learn = agent.learn
+        self.updates = self.proposals = 0
+        learn, propose = agent.learn, agent.propose
 
         def counted(queries, replies):
             self.updates += 1
             return learn(queries, replies)
 
-        agent.learn = counted
+        def proposed(generator):
+            self.proposals += 1
+            return propose(generator)
+
+        agent.learn, agent.propose = counted, proposed
