@@ -9,7 +9,8 @@ the agent's K queries; the person marks each like / dislike / unsure (click cycl
 space mark it, U undoes, Enter submits) and submits; the reply is persisted in the run folder before the agent learns
 from it. With lookahead (the default) the next round is sampled while the person judges this one and shown as soon as
 the reply is persisted, while the agent learns from it (its images come from the model one update behind);
-``--no-lookahead`` samples and shows it after the update. An answer given before that update ends is journalled when it ends (a kill in between asks that round again).
+``--no-lookahead`` samples and shows it after the update. An answer given before that update and the next draw end
+is journalled when they end (a kill in between asks that round again).
 Closing the tab, reloading (marks are kept in the browser) or killing the server and starting it again resumes where
 the session stopped: nothing lost, nothing asked twice.
 
