@@ -122,12 +122,27 @@ def base_unet(spec: SessionSpec, env):
     return load_model(spec.model) if spec.model else load_pretrained(env.unwrapped.base_model)
 
 
+def _check_base_model(path: str) -> None:
+    """SystemExit unless ``path`` holds a UNet saved by ``papa pretrain ddpm`` / ``save_model`` (before any session)."""
+    from diffusers import UNet2DModel
+
+    from papa_env.models import load_model
+
+    expected = "expected a UNet saved by `papa pretrain ddpm` (safetensors)"
+    try:
+        model = load_model(path)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise SystemExit(f"--model {path}: {err}; {expected}") from None
+    if not isinstance(model, UNet2DModel):
+        raise SystemExit(f"--model {path} holds a {type(model).__name__}; {expected}")
+
+
 def _same_spec(stored: dict[str, Any] | None, spec: SessionSpec) -> bool:
     """Whether a finished session's stored spec is ``spec`` (results written before a field existed have its
     default)."""
     if stored is None:
         return False
-    defaults = {f.name: f.default for f in dataclasses.fields(SessionSpec) if not isinstance(f.default, type(MISSING))}
+    defaults = {f.name: f.default for f in dataclasses.fields(SessionSpec) if f.default is not MISSING}
     return {**defaults, **stored} == json.loads(json.dumps(asdict(spec)))
 
 
@@ -759,8 +774,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         env_kwargs["mistake_rate"] = a.mistake_rate
     if a.oracle:
         env_kwargs["oracle"] = a.oracle
-    if a.model and not Path(a.model).is_file():
-        raise SystemExit(f"--model: no file {a.model!r}; expected a UNet saved by `papa pretrain ddpm` (safetensors)")
+    if a.model:
+        _check_base_model(a.model)
     base = dict(budget=a.budget, eval_every=a.eval_every, eval_samples=a.eval_samples, overrides=overrides)
     if a.model:
         base["model"] = str(Path(a.model).resolve())

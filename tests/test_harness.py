@@ -70,7 +70,7 @@ def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path, tiny_
     assert all(r["spec"]["model"] == tiny_model_file for r in _results(tmp_path / "parallel"))  # the file given
     with pytest.raises(SystemExit):
         harness.main([*args, "--workers", "0", "--out", str(tmp_path / "bad")])
-    with pytest.raises(SystemExit, match="--model: no file"):
+    with pytest.raises(SystemExit, match="no weights file"):
         harness.main([*args, "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")])
 
 
@@ -222,3 +222,16 @@ def test_threads_reach_every_session(monkeypatch, tmp_path) -> None:
     assert seen == [1, 1, None, None]
     with pytest.raises(SystemExit):
         harness.main(["--threads", "x"])
+
+
+def test_a_base_model_that_is_not_a_unet_is_refused_before_any_session(tmp_path) -> None:
+    from papa_env.models import pretrained_path
+
+    (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors")
+    for path, match in (
+        (pretrained_path("mnist-judge"), "holds a JudgeCNN"),
+        (tmp_path / "garbage.safetensors", "expected a UNet"),
+    ):
+        with pytest.raises(SystemExit, match=match):
+            harness.main(["--quick", "--agents", "base", "--model", str(path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing ran
