@@ -7,8 +7,7 @@ user's replies, no reward model. Per interaction, sample K queries x0 from the c
 
 with x_t ~ q(x_t | x0) (one eps per query, shared across t) and w_t the ELBO weights: a liked image becomes more
 likely, a disliked one less. EPAPA (``k > 0``) tunes and samples the tuned model only for t >= k; the frozen base
-denoises t < k. Read top to bottom: the config (every field's default is the authors' setting), the presets (where
-ours depart from it; ``docs/experiments/`` has the measurements), the loss in numbered steps, the agent.
+denoises t < k. Read top to bottom: the config (defaults: the authors'), the presets (ours, measured in ``docs/``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from papa_env.agents.selection import SELECTORS, UNetFeatures, draw_pool, make_selector
+from papa_env.agents.selection import FEATURES, SELECTORS, draw_pool, make_features, make_selector
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
@@ -64,6 +63,8 @@ class PAPAConfig:
     """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn)"""
     liked_share: float = 0.7
     """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
+    selector_features: str = "unet"
+    """the selector's feature space: the base UNet's own ("unet") or a fixed random network on the pixels ("random")"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -87,6 +88,7 @@ class PAPAConfig:
             (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step")),
             (lambda v: v is None or v >= self.queries_per_step, ">= queries_per_step or None", ("pool_size",)),
             (lambda v: v in SELECTORS, f"one of {SELECTORS}", ("selector",)),
+            (lambda v: v in FEATURES, f"one of {FEATURES}", ("selector_features",)),
             (lambda v: v is None or v >= 1, ">= 1 or None", ("timesteps_per_image", "updates_per_interaction")),
             (lambda v: v is None or v >= 1 and self.full_exploitation, ">= 1, or None (it must be None with "
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
@@ -211,7 +213,7 @@ class PAPA:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.updates, self.device = 0, next(unet.parameters()).device
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
-        self.features = None if config.selector == "random" else UNetFeatures(self.base)  # the selector's
+        self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
@@ -249,17 +251,15 @@ class PAPA:
             if self.ema is not None:
                 self.ema.step(self.unet.parameters())
             self.updates += 1
-            for key, value in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES])):
-                stats[key] += value
+            stats.update({key: stats[key] + v for key, v in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES]))})
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
         if self.ema is not None:
             self.ema.copy_to(self.sampled.parameters())
         if self.features is not None:
             self.selector.observe(self.features(x0), y.cpu())
-        keep = y != 0
-        self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[keep]])
-        self.buffer_y = torch.cat([self.buffer_y, y[keep]])
+        self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
+        self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
         return stats
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor):

@@ -16,8 +16,10 @@ Rules (``SELECTORS``):
 * ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement;
 * ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
 
-Features are the frozen base UNet's own: its mid-block activations at t = 200, average-pooled to 2 x 2, as a
-direction and a log-norm (``UNetFeatures``). The reward models are ridge regressions of the replies (+1 / -1) on
+Features (``FEATURES``), both the agent's own: ``unet``, the frozen base UNet's mid-block activations at t = 200,
+average-pooled to 2 x 2, as a direction and a log-norm (``UNetFeatures``); ``random``, a fixed, seeded random
+network on the pixels (``RandomFeatures``: what a base model whose features carry little, e.g. an untrained one,
+still offers). The reward models are ridge regressions of the replies (+1 / -1) on
 them and a bias, each on a bootstrap resample of the replies (a deterministic, millisecond fit).
 """
 
@@ -75,6 +77,34 @@ class UNetFeatures:
         f = torch.nn.functional.adaptive_avg_pool2d(captured[0], 2).flatten(1).float().cpu()
         norm = f.norm(dim=1, keepdim=True).clamp_min(1e-8)
         return torch.cat([f / norm, norm.log()], 1)  # the direction, and the magnitude on its own
+
+
+class RandomFeatures:
+    """A fixed random network on the pixels (seeded; never trained): the image average-pooled to 4 x 4, and 32 random
+    5 x 5 then 3 x 3 ReLU convolutions average-pooled to 2 x 2 (144 features)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.randn(16, 1, 5, 5, generator=g) / 5  # ~unit-variance activations for unit-variance pixels
+        self.w2 = torch.randn(32, 16, 3, 3, generator=g) / 12
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().cpu()
+        h = torch.relu(torch.nn.functional.conv2d(x, self.w1, stride=2, padding=2))
+        h = torch.relu(torch.nn.functional.conv2d(h, self.w2, stride=2, padding=1))
+        pool = torch.nn.functional.adaptive_avg_pool2d
+        return torch.cat([pool(x, 4).flatten(1), pool(h, 2).flatten(1)], 1)
+
+
+FEATURES = ("unet", "random")
+
+
+def make_features(name: str, base: torch.nn.Module, seed: int = 0) -> Any:
+    """The selector's feature space ``name`` (one of :data:`FEATURES`) for an agent around the frozen ``base``."""
+    if name not in FEATURES:
+        raise ValueError(f"unknown feature space {name!r}; expected one of {FEATURES}")
+    return UNetFeatures(base) if name == "unet" else RandomFeatures(seed)
 
 
 class Selector(Protocol):

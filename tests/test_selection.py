@@ -135,3 +135,29 @@ def sample_brightness(unet) -> torch.Tensor:
     from papa_env.diffusion import sample
 
     return sample(unet, 200, num_steps=5, generator=torch.Generator().manual_seed(0)).mean((1, 2, 3))
+
+
+def test_random_features_are_fixed_by_their_seed_and_carry_what_an_image_shows(tiny_unet) -> None:
+    """A fixed random network's features (for a base model whose own carry little): seeded, and enough for the ridge
+    ensemble to tell bright images from dark ones after a few replies."""
+    from papa_env.agents.selection import RandomFeatures, make_features
+
+    g = torch.Generator().manual_seed(0)
+
+    def images(level: float, n: int) -> torch.Tensor:
+        return (level + 0.5 * torch.randn(n, 1, 28, 28, generator=g)).clamp(-1, 1)
+
+    f = RandomFeatures(seed=3)
+    x = images(0.0, 4)
+    assert f(x).shape == (4, 144) and torch.equal(f(x), RandomFeatures(seed=3)(x))
+    assert not torch.equal(f(x), RandomFeatures(seed=4)(x))
+    sel = EnsembleSelector("liked", liked_share=1.0)
+    sel.observe(f(torch.cat([images(0.3, 6), images(-0.3, 6)])), torch.tensor([1.0] * 6 + [-1.0] * 6))
+    pool = torch.cat([images(-0.3, 6), images(0.3, 4)])  # the 4 bright ones last
+    assert sorted(sel.select(Pool(pool, torch.zeros(10), f(pool)), 4, torch.Generator()).tolist()) == [6, 7, 8, 9]
+    agent = _agent(tiny_unet, selector="liked", selector_features="random")
+    assert isinstance(agent.features, RandomFeatures) and agent.propose(torch.Generator()).shape == (10, 1, 28, 28)
+    with pytest.raises(ValueError, match="feature space"):
+        make_features("judge", torch.nn.Identity())
+    with pytest.raises(ValueError, match="selector_features"):
+        PAPAConfig(selector_features="judge")
