@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget", type=int, default=80, help="replies per session")
     p.add_argument("--level", type=float, default=0.7, help="the like-rate whose first reaching is counted")
     a = p.parse_args(argv)
+    if not 0 < a.quantile < 1 or a.budget < 20 or a.budget % 20 or a.seeds < 1:
+        p.error("expected 0 < --quantile < 1, --budget a positive multiple of 20 and --seeds >= 1")
 
     def unet() -> torch.nn.Module:
         torch.manual_seed(0)  # the tests' tiny_unet fixture
