@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from papa_env.agents.selection import PAIR_SELECTORS, QuerySelection, selection_errors
 from papa_env.agents.trajectory import TrajectoryAgent
 from papa_env.diffusion import Trajectory, sample_trajectory, trajectory_log_probs
 
@@ -51,6 +52,12 @@ class D3POConfig:
     """the most recent decided pairs kept for replay (their trajectories are part of the agent's state)"""
     queries_per_step: int = 10
     """K pairs per interaction (must match the env's, in pairwise mode)"""
+    pool_size: int | None = None
+    """sample this many pairs and let ``selector`` choose the K shown (None: K, all shown)"""
+    selector: str = "random"
+    """which K pairs of the pool are shown: random (the first K), disagreement, entropy or diversity"""
+    selector_features: str = "unet"
+    """the selector's feature space: the base UNet's own ("unet") or a fixed random network ("random")"""
     num_sampling_steps: int = 20
     """DDIM steps of a trajectory (the reference's: 20)"""
     eta: float = 1.0
@@ -65,6 +72,10 @@ class D3POConfig:
             raise ValueError("lr and beta must be > 0 and eps in (0, 1)")
         if self.inner_epochs < 1 or self.replay < 0 or self.replay_buffer < 0:
             raise ValueError("inner_epochs must be >= 1, replay and replay_buffer >= 0")
+        if errors := selection_errors(self):
+            raise ValueError("invalid D3POConfig: " + "; ".join(errors))
+        if self.selector not in PAIR_SELECTORS:
+            raise ValueError(f"invalid D3POConfig: selector must be one of {PAIR_SELECTORS}, got {self.selector!r}")
 
 
 def d3po_loss(
@@ -93,25 +104,23 @@ class D3PO(TrajectoryAgent):
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.buffer: list[Trajectory] = []  # decided pairs, each a 2-trajectory batch: winner first
+        self.selection = QuerySelection(self.ref, self.cfg, pairs=True)
         self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        k = self.cfg.queries_per_step
-        size = self.unet.config.sample_size
-        x_t = torch.randn((k, self.unet.config.in_channels, size, size), generator=generator)
-        self._traj = sample_trajectory(
-            self.unet,
-            2 * k,
-            num_steps=self.cfg.num_sampling_steps,
-            eta=self.cfg.eta,
-            generator=generator,
-            initial_noise=x_t.repeat_interleave(2, dim=0),
-        )
+        """K pairs (K, 2, 1, 28, 28), each two trajectories from one x_T: the selector's choice of ``pool_size``."""
+        k, m, size = self.cfg.queries_per_step, self.selection.pool_size, self.unet.config.sample_size
+        x_t = torch.randn((m, self.unet.config.in_channels, size, size), generator=generator)
+        pool = sample_trajectory(self.unet, 2 * m, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta,
+                                 generator=generator, initial_noise=x_t.repeat_interleave(2, dim=0))  # fmt: skip
+        chosen = self.selection.choose(pool.images, generator)
+        self._traj = pool.select(torch.stack([2 * chosen, 2 * chosen + 1], 1).reshape(-1))
         return self._traj.images.view(k, 2, *self._traj.images.shape[1:]).numpy()
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         traj = self.check_proposal(queries)
         replies = np.asarray(replies)
+        self.selection.observe(traj.images, replies)
         decided = np.flatnonzero(replies != 0)  # ties give no gradient
         new = [traj.select([2 * i, 2 * i + 1] if replies[i] > 0 else [2 * i + 1, 2 * i]) for i in decided]
         old = self.buffer
@@ -148,9 +157,11 @@ class D3PO(TrajectoryAgent):
 
     def state_dict(self) -> dict[str, Any]:
         buffer = [p._asdict() for p in self.buffer]
-        return {**super().state_dict(), "generator": self.generator.get_state(), "buffer": buffer}
+        selector = self.selection.state_dict()
+        return {**super().state_dict(), "generator": self.generator.get_state(), "buffer": buffer, "selector": selector}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
+        self.selection.load_state_dict(state.get("selector", {}))  # none in a run from before selectors: random
         self.buffer = [Trajectory(**p) for p in state["buffer"]]

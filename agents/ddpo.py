@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from papa_env.agents.selection import QuerySelection, selection_errors
 from papa_env.agents.trajectory import TrajectoryAgent
 from papa_env.diffusion import Trajectory, sample_trajectory, trajectory_log_probs
 
@@ -48,6 +49,14 @@ class DDPOConfig:
     """max gradient norm"""
     queries_per_step: int = 10
     """K trajectories per interaction (must match the env's)"""
+    pool_size: int | None = None
+    """sample this many trajectories and let ``selector`` choose the K shown (None: K, all shown)"""
+    selector: str = "random"
+    """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn)"""
+    liked_share: float = 0.7
+    """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
+    selector_features: str = "unet"
+    """the selector's feature space: the base UNet's own ("unet") or a fixed random network ("random")"""
     num_sampling_steps: int = 20
     """DDIM steps of a trajectory"""
     eta: float = 1.0
@@ -62,6 +71,8 @@ class DDPOConfig:
             raise ValueError("lr and clip_range must be > 0, inner_epochs and train_batch_size >= 1")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if errors := selection_errors(self):
+            raise ValueError("invalid DDPOConfig: " + "; ".join(errors))
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):
@@ -143,28 +154,32 @@ class DDPO(TrajectoryAgent):
         self.unet = copy.deepcopy(unet).eval().requires_grad_(True)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=self.cfg.lr)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.selection = QuerySelection(self.base, self.cfg)
         self._traj = None
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        self._traj = sample_trajectory(
-            self.unet,
-            self.cfg.queries_per_step,
-            num_steps=self.cfg.num_sampling_steps,
-            eta=self.cfg.eta,
-            generator=generator,
-        )
+        """K trajectories: the selector's choice of ``pool_size`` sampled ones (the first K with ``random``)."""
+        pool = sample_trajectory(self.unet, self.selection.pool_size, num_steps=self.cfg.num_sampling_steps,
+                                 eta=self.cfg.eta, generator=generator)  # fmt: skip
+        self._traj = pool.select(self.selection.choose(pool.images, generator))
         return self._traj.images.numpy()
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         traj = self.check_proposal(queries)
+        self.selection.observe(traj.images, replies)
         adv = advantages_from_replies(replies, self.cfg.adv_clip_max)
         if float(adv.abs().sum()) == 0.0:  # all replies equal: no signal
             return {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "compute/updates": 0.0}
         return ddpo_update(self.unet, self.opt, traj, adv, self.cfg, self.generator, self.base)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
+        return {
+            **super().state_dict(),
+            "generator": self.generator.get_state(),
+            "selector": self.selection.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
+        self.selection.load_state_dict(state.get("selector", {}))  # none in a run from before selectors: random

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from papa_env.agents.ddpo import advantages_from_replies, ddpo_update
+from papa_env.agents.selection import QuerySelection, selection_errors
 from papa_env.diffusion import sample, sample_trajectory
 
 
@@ -50,12 +51,24 @@ class RewardModelConfig:
     """max gradient norm of the diffusion model"""
     queries_per_step: int = 10
     """K queries per interaction (must match the env's)"""
+    pool_size: int | None = None
+    """sample this many candidates and let ``selector`` choose the K shown (None: K, all shown)"""
+    selector: str = "random"
+    """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn)"""
+    liked_share: float = 0.7
+    """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
+    selector_features: str = "unet"
+    """the selector's feature space: the base UNet's own ("unet") or a fixed random network ("random")"""
     num_sampling_steps: int = 20
     """DDIM steps"""
     eta: float = 1.0
     """DDIM noise scale"""
     seed: int = 0
     """seed of the agent's own randomness (reward model init, its minibatches, the DDPO rounds' samples)"""
+
+    def __post_init__(self) -> None:
+        if errors := selection_errors(self):
+            raise ValueError("invalid RewardModelConfig: " + "; ".join(errors))
 
 
 class RewardCNN(nn.Module):
@@ -90,12 +103,15 @@ class RewardModelDDPO:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self.selection = QuerySelection(self.base, self.cfg)
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample(self.unet, n, num_steps=self.cfg.num_sampling_steps, eta=self.cfg.eta, generator=generator)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
-        return self.generate(self.cfg.queries_per_step, generator).numpy()
+        """K queries: the selector's choice of ``pool_size`` samples (the first K with ``random``)."""
+        pool = self.generate(self.selection.pool_size, generator)
+        return pool[self.selection.choose(pool, generator)].numpy()
 
     def fit_reward_model(self) -> float:
         """Refit on every reply so far; returns the final training loss."""
@@ -115,6 +131,7 @@ class RewardModelDDPO:
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         replies = np.asarray(replies)
+        self.selection.observe(torch.as_tensor(np.asarray(queries), dtype=torch.float32), replies)
         keep = replies != 0
         self.images.append(torch.as_tensor(np.asarray(queries)[keep], dtype=torch.float32))
         self.labels.append(torch.as_tensor(replies[keep] > 0, dtype=torch.float32))
@@ -143,6 +160,7 @@ class RewardModelDDPO:
             "generator": self.generator.get_state(),
             "images": self.images,
             "labels": self.labels,
+            "selector": self.selection.state_dict(),
             "config": asdict(self.cfg),
         }
 
@@ -153,3 +171,4 @@ class RewardModelDDPO:
         self.rm_opt.load_state_dict(state["rm_opt"])
         self.generator.set_state(state["generator"])
         self.images, self.labels = list(state["images"]), list(state["labels"])
+        self.selection.load_state_dict(state.get("selector", {}))  # none in a run from before selectors: random

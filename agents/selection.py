@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 
 from papa_env.diffusion import sample, sample_many
@@ -268,3 +269,65 @@ def make_selector(name: str, seed: int = 0, liked_share: float = 0.7) -> Any:
     if name == "random":
         return RandomSelector()
     return EnsembleSelector(name, liked_share=liked_share, seed=seed)
+
+
+def selection_errors(cfg: Any) -> list[str]:
+    """What is wrong with an agent config's ``pool_size``, ``selector`` and ``selector_features`` (empty: fine)."""
+    errors = []
+    if cfg.pool_size is not None and cfg.pool_size < cfg.queries_per_step:
+        errors.append(f"pool_size must be >= queries_per_step or None, got {cfg.pool_size!r}")
+    if cfg.selector not in SELECTORS:
+        errors.append(f"selector must be one of {SELECTORS}, got {cfg.selector!r}")
+    if cfg.selector_features not in FEATURES:
+        errors.append(f"selector_features must be one of {FEATURES}, got {cfg.selector_features!r}")
+    if not 0 <= getattr(cfg, "liked_share", 0.7) <= 1:
+        errors.append(f"liked_share must be in [0, 1], got {cfg.liked_share!r}")
+    return errors
+
+
+PAIR_SELECTORS = ("random", "disagreement", "entropy", "diversity")
+
+
+class QuerySelection:
+    """An agent's query selection in one object, for agents that draw their pool from their own model only (DDPO,
+    reward-model-then-DDPO, D3PO): ``choose`` the K of M candidates to show, ``observe`` the replies to them.
+
+    With ``pairs`` (D3PO) a candidate is a pair of consecutive images and its features are the difference of the
+    two images' features: the ridge ensemble then fits a linear Bradley-Terry utility on the which-of-two replies,
+    and ``disagreement`` / ``entropy`` pick the pairs whose outcome it is least sure of (PEBBLE's pair selection).
+
+    Args:
+        base: the frozen base UNet (the ``unet`` feature space); cfg: the agent's config, with ``queries_per_step``,
+            ``pool_size``, ``selector``, ``selector_features``, ``seed`` and optionally ``liked_share``.
+    """
+
+    def __init__(self, base: torch.nn.Module, cfg: Any, pairs: bool = False) -> None:
+        if pairs and cfg.selector not in PAIR_SELECTORS:
+            raise ValueError(f"a selector of pairs must be one of {PAIR_SELECTORS}, got {cfg.selector!r}")
+        self.k, self.pool_size, self.pairs = cfg.queries_per_step, cfg.pool_size or cfg.queries_per_step, pairs
+        self.selector = make_selector(cfg.selector, cfg.seed, getattr(cfg, "liked_share", 0.7))
+        self.features = None if cfg.selector == "random" else make_features(cfg.selector_features, base)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.features is None:
+            return torch.zeros(len(images) // 2 if self.pairs else len(images), 0)
+        f = self.features(images)
+        return f[0::2] - f[1::2] if self.pairs else f
+
+    def choose(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(K,) indices into the pool ``images`` (M, 1, 28, 28), or of its pairs (2M images, consecutive ones paired):
+        the queries shown, in the order shown."""
+        features = self._features(images)
+        pool = Pool(images, torch.zeros(len(features), dtype=torch.long), features)
+        return self.selector.select(pool, self.k, generator)
+
+    def observe(self, images: torch.Tensor, replies: Any) -> None:
+        """The replies (K,) to the queries ``images`` shown (K images, or K pairs as 2K consecutive images)."""
+        if self.features is not None:
+            self.selector.observe(self._features(images), torch.as_tensor(np.asarray(replies)).double())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.selector.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.selector.load_state_dict(state)

@@ -187,3 +187,95 @@ def test_a_debiased_reply_baseline_estimates_the_pools_mean_reply_not_the_shown_
     assert stats[True] == pytest.approx(stats[False] - bias, abs=1e-6)
     with pytest.raises(ValueError, match="debias_baseline"):
         PAPAConfig(debias_baseline=True)
+
+
+def _baseline(name: str, tiny_unet, **kw):
+    """DDPO, reward-model-then-DDPO or D3PO on the tiny UNet, with selection settings ``kw``."""
+    from papa_env.agents.d3po import D3PO, D3POConfig
+    from papa_env.agents.ddpo import DDPO, DDPOConfig
+    from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
+
+    common = dict(queries_per_step=5, num_sampling_steps=3, lr=1e-3, **kw)
+    if name == "ddpo":
+        return DDPO(tiny_unet, DDPOConfig(**common))
+    if name == "reward-model":
+        return RewardModelDDPO(tiny_unet, RewardModelConfig(rm_epochs=2, rl_updates=1, rl_batch=4, **common))
+    return D3PO(tiny_unet, D3POConfig(**common))
+
+
+@pytest.mark.parametrize("name", ["ddpo", "reward-model"])
+def test_the_baselines_show_what_their_selector_chooses_from_their_own_pool(tiny_unet, name) -> None:
+    """The same selectors serve DDPO and reward-model-then-DDPO: ``liked`` (all predicted likes), told that bright
+    images are liked, shows the brighter candidates of a pool of 30; DDPO keeps the chosen ones' trajectories."""
+    g = torch.Generator().manual_seed(0)
+    seen = (torch.cat([torch.full((6, 1, 28, 28), 0.4), torch.full((6, 1, 28, 28), -0.4)])
+            + 0.3 * torch.randn(12, 1, 28, 28, generator=g)).clamp(-1, 1)  # fmt: skip
+    kw = dict(pool_size=30, selector_features="random")
+    chooser = _baseline(name, tiny_unet, selector="liked", liked_share=1.0, **kw)
+    chooser.selection.observe(seen, np.array([1] * 6 + [-1] * 6))
+    control = _baseline(name, tiny_unet, **kw)  # the same pool, the first 5 shown
+    shown = {a: a.propose(torch.Generator().manual_seed(1)).mean() for a in (chooser, control)}
+    assert shown[chooser] > shown[control]
+    if name == "ddpo":
+        assert np.allclose(chooser._traj.images.numpy(), chooser.propose(torch.Generator().manual_seed(1)))
+        stats = chooser.learn(chooser.propose(torch.Generator().manual_seed(2)), np.array([1, -1, 1, -1, 1]))
+        assert stats["compute/updates"] > 0 and len(chooser.selection.selector.labels) == 17
+
+
+def test_d3po_chooses_the_pairs_whose_outcome_its_ensemble_is_least_sure_of(tiny_unet) -> None:
+    """Pairs are told apart by the difference of their images' features (a linear Bradley-Terry utility): after
+    replies saying the brighter image wins, ``entropy`` avoids pairs whose brightness differs most (settled)."""
+    agent = _baseline("d3po", tiny_unet, pool_size=20, selector="entropy", selector_features="random")
+    g = torch.Generator().manual_seed(0)
+    bright, dark = (v + 0.2 * torch.randn(10, 1, 28, 28, generator=g) for v in (0.5, -0.5))
+    first_wins = torch.rand(10, generator=g) < 0.5  # the brighter one, first or second
+    pairs = torch.stack([torch.where(first_wins[:, None, None, None], bright, dark),
+                         torch.where(first_wins[:, None, None, None], dark, bright)], 1)  # fmt: skip
+    agent.selection.observe(pairs.reshape(20, 1, 28, 28).clamp(-1, 1), np.where(first_wins.numpy(), 1, -1))
+    pool = torch.cat([pairs[:4].reshape(8, 1, 28, 28), 0.1 * torch.randn(32, 1, 28, 28, generator=g)]).clamp(-1, 1)
+    chosen = agent.selection.choose(pool, torch.Generator()).tolist()
+    assert len(chosen) == 5 and not set(chosen) & {0, 1, 2, 3}  # the settled bright-vs-dark pairs are not asked
+    queries = agent.propose(torch.Generator().manual_seed(1))
+    assert queries.shape == (5, 2, 1, 28, 28)
+    assert agent.learn(queries, np.array([1, -1, 0, 1, 1]))["charts/decided_pairs"] == 4
+    assert len(agent.selection.selector.labels) == 14  # 10 pairs seen, then 4: the tie says nothing
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"), [("ddpo", "disagreement"), ("reward-model", "liked"), ("d3po", "disagreement")]
+)
+def test_a_baseline_with_a_selector_resumes_its_choices_exactly(tiny_unet, tmp_path, name, rule) -> None:
+    def env() -> PreferenceEnv:
+        mode = "pairwise" if name == "d3po" else "binary"
+        return PreferenceEnv(Bright(threshold=-0.2), queries_per_step=5, feedback_budget=15, mode=mode)
+
+    def agent():
+        return _baseline(name, tiny_unet, pool_size=10, selector=rule)
+
+    run_session(agent(), env(), tmp_path / "straight", eval_every=0, progress=False)
+    run_session(agent(), env(), tmp_path / "killed", eval_every=0, progress=False, stop_after_steps=1)
+    run_session(agent(), env(), tmp_path / "killed", eval_every=0, progress=False)
+
+    def lines(folder: Path) -> list:
+        return [json.loads(x)["sha256"] for x in (folder / "replies.jsonl").read_text().splitlines()]
+
+    assert lines(tmp_path / "killed") == lines(tmp_path / "straight")
+
+
+def test_baseline_selection_settings_are_checked_when_made() -> None:
+    from papa_env.agents.d3po import D3POConfig
+    from papa_env.agents.ddpo import DDPOConfig
+    from papa_env.agents.reward_model import RewardModelConfig
+
+    bad_settings = [
+        ({"selector": "loudest"}, "selector must be one of"),
+        ({"pool_size": 3}, "pool_size"),
+        ({"selector_features": "judge"}, "selector_features"),
+        ({"liked_share": 2.0}, "liked_share"),
+    ]
+    for bad, match in bad_settings:
+        for cls in (DDPOConfig, RewardModelConfig):
+            with pytest.raises(ValueError, match=match):
+                cls(**bad)
+    with pytest.raises(ValueError, match="D3POConfig: selector must be one of"):
+        D3POConfig(selector="liked")  # predicted likes mean nothing for a which-of-two pair
