@@ -53,8 +53,6 @@ class PAPAConfig:
     """earlier replies, drawn uniformly from all so far, added to each optimizer step"""
     reply_baseline: int | None = None
     """subtract b, the mean of the last this many signed replies, from each reply: a like counts 1 - b"""
-    debias_baseline: bool = False
-    """b estimates the mean reply to the model's samples, not to those a selector chose: minus its shown_bias"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
@@ -94,7 +92,6 @@ class PAPAConfig:
             (lambda v: v is None or v >= 1, ">= 1 or None", ("timesteps_per_image", "updates_per_interaction")),
             (lambda v: v is None or v >= 1 and self.full_exploitation, ">= 1, or None (it must be None with "
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
-            (lambda v: not v or self.reply_baseline, "False without a reply_baseline", ("debias_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
@@ -218,22 +215,13 @@ class PAPA:
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
-        self.shown_bias = 0.0  # of the latest queries: the selector's estimate (debias_baseline)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
         pool = draw_pool(self.policy, self.base, m - c.base_queries, c.base_queries, self.features, generator,
                          self.side_by_side, **self.sampling)  # fmt: skip
-        chosen = self.selector.select(pool, c.queries_per_step, generator)
-        self.shown_bias = self.selector.shown_bias(pool, chosen) if c.debias_baseline else 0.0
-        return pool.images[chosen].numpy()
-
-    def proposal_state(self) -> dict[str, np.ndarray]:  # what learn() needs of propose(): persisted with the replies
-        return {"shown_bias": np.array([self.shown_bias])} if self.cfg.debias_baseline else {}
-
-    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
-        self.shown_bias = float(state["shown_bias"][0])
+        return pool.images[self.selector.select(pool, c.queries_per_step, generator)].numpy()
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample(self.policy, n, generator=generator, **self.sampling)
@@ -247,8 +235,7 @@ class PAPA:
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
         # the reply baseline b: the mean of the last `reply_baseline` signed replies, this interaction's included
         recent = torch.cat([self.buffer_y, y[y != 0]])[-(self.cfg.reply_baseline or 1) :]
-        baseline = float(recent.mean()) - self.shown_bias if self.cfg.reply_baseline and len(recent) else None
-        if baseline is not None:
+        if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
         self.unet.train()
         for xb, yb in self._batches(x0, y):

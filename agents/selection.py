@@ -119,9 +119,6 @@ class Selector(Protocol):
     def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
         """The replies (B,) in {+1, -1, 0} to shown candidates with ``features`` (B, D)."""
 
-    def shown_bias(self, pool: Pool, chosen: torch.Tensor) -> float:
-        """How much more the ``chosen`` candidates are expected to be liked than the pool's average (mean reply)."""
-
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -137,9 +134,6 @@ class RandomSelector:
 
     def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
         pass
-
-    def shown_bias(self, pool: Pool, chosen: torch.Tensor) -> float:
-        return 0.0  # the first K of a pool drawn at random: unbiased
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -221,14 +215,6 @@ class EnsembleSelector:
         rest = torch.tensor([i for i in range(len(pool.images)) if i not in set(liked.tolist())])
         informative = rest[_top(s.std(0)[rest], k - n_liked)] if k > n_liked else rest[:0]
         return torch.cat([liked, informative])
-
-    def shown_bias(self, pool: Pool, chosen: torch.Tensor) -> float:
-        """The ensemble's mean predicted reply of the ``chosen`` minus the pool's (0 before any reply): subtracted
-        from the mean of the replies shown, it estimates the mean reply to the pool, i.e. to the agent's model."""
-        if self.weights is None:
-            return 0.0
-        s = self.scores(pool.features).mean(0)
-        return float(s[chosen].mean() - s.mean())
 
     def state_dict(self) -> dict[str, Any]:
         return {"features": self.features.clone(), "labels": self.labels.clone()}

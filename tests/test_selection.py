@@ -98,11 +98,10 @@ def test_a_session_with_a_selector_never_asks_the_user_and_resumes_its_choices_e
         return PreferenceEnv(Watched(threshold=-0.2), queries_per_step=10, feedback_budget=50)
 
     straight = tmp_path / "straight"
-    kw = {"reply_baseline": 20, "debias_baseline": True} if rule == "liked" else {}  # its state must resume too
-    run_session(_agent(tiny_unet, selector=rule, **kw), env(), straight, eval_every=0, progress=False)
+    run_session(_agent(tiny_unet, selector=rule), env(), straight, eval_every=0, progress=False)
     run = tmp_path / "killed"
-    run_session(_agent(tiny_unet, selector=rule, **kw), env(), run, eval_every=0, progress=False, stop_after_steps=3)
-    run_session(_agent(tiny_unet, selector=rule, **kw), env(), run, eval_every=0, progress=False)
+    run_session(_agent(tiny_unet, selector=rule), env(), run, eval_every=0, progress=False, stop_after_steps=3)
+    run_session(_agent(tiny_unet, selector=rule), env(), run, eval_every=0, progress=False)
 
     def lines(folder: Path) -> list:
         return [json.loads(x)["sha256"] for x in (folder / "replies.jsonl").read_text().splitlines()]
@@ -162,31 +161,6 @@ def test_random_features_are_fixed_by_their_seed_and_carry_what_an_image_shows(t
         make_features("judge", torch.nn.Identity())
     with pytest.raises(ValueError, match="selector_features"):
         PAPAConfig(selector_features="judge")
-
-
-def test_a_debiased_reply_baseline_estimates_the_pools_mean_reply_not_the_shown_ones(tiny_unet) -> None:
-    """Showing predicted likes raises the mean of the replies shown; ``debias_baseline`` takes the selector's
-    estimate of that excess off the reply baseline, so a like still counts for what it says about the model."""
-    sel = _observed("liked", liked_share=1.0)
-    pool = _pool(CANDIDATES)
-    liked = sel.select(pool, 5, torch.Generator())
-    s = sel.scores(CANDIDATES).mean(0)
-    assert sel.shown_bias(pool, liked) == pytest.approx(float(s[:5].mean() - s.mean())) and s[:5].mean() > s.mean()
-    assert sel.shown_bias(pool, torch.arange(10)) == pytest.approx(0.0, abs=1e-9)  # all shown: no excess
-    assert EnsembleSelector("liked").shown_bias(pool, liked) == 0.0  # nothing learned: nothing to correct
-    assert RandomSelector().shown_bias(pool, liked) == 0.0
-
-    agents = {d: _agent(tiny_unet, selector="liked", reply_baseline=50, debias_baseline=d) for d in (False, True)}
-    gen, y = torch.Generator().manual_seed(0), np.array([1, 1, -1, 1, -1, -1, 1, -1, -1, -1])
-    for agent in agents.values():  # the same replies to the same queries, then a second round chosen with them
-        agent.learn(agent.propose(torch.Generator().manual_seed(0)), y)
-        queries = agent.propose(gen.manual_seed(1))
-    bias = agents[True].shown_bias
-    assert agents[False].shown_bias == 0.0 and bias != 0.0 and agents[True].proposal_state()["shown_bias"][0] == bias
-    stats = {d: agent.learn(queries, y)["charts/reply_baseline"] for d, agent in agents.items()}
-    assert stats[True] == pytest.approx(stats[False] - bias, abs=1e-6)
-    with pytest.raises(ValueError, match="debias_baseline"):
-        PAPAConfig(debias_baseline=True)
 
 
 def _baseline(name: str, tiny_unet, **kw):
