@@ -304,7 +304,8 @@ class QuerySelection:
         """(K,) indices into the pool ``images`` (M, 1, 28, 28), or of its pairs (2M images, consecutive ones paired):
         the queries shown, in the order shown."""
         features = self._features(images)
-        pool = Pool(images, torch.zeros(len(features), dtype=torch.long), features)
+        candidates = images.view(len(features), -1, *images.shape[1:]) if self.pairs else images  # one row a pair
+        pool = Pool(candidates, torch.zeros(len(features), dtype=torch.long), features)
         return self.selector.select(pool, self.k, generator)
 
     def observe(self, images: torch.Tensor, replies: Any) -> None:
