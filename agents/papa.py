@@ -53,9 +53,6 @@ class PAPAConfig:
     """earlier replies, drawn uniformly from all so far, added to each optimizer step"""
     reply_baseline: int | None = None
     """subtract b, the mean of the last this many signed replies, from each reply: a like counts 1 - b"""
-    balance_replies: bool = False
-    """with reply_baseline: divide y - b by the replies' variance 1 - b^2 (at most 4x), so likes and dislikes weigh
-    as two equal halves however rare the taste: a like counts 1 / (1 + b), a dislike -1 / (1 - b)"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
@@ -97,7 +94,6 @@ class PAPAConfig:
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
-            (lambda v: not v or self.reply_baseline, "False without reply_baseline", ("balance_replies",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
@@ -248,8 +244,6 @@ class PAPA:
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
-            if self.cfg.balance_replies:  # a Bernoulli reply's variance: 1 - b^2 (floored: at most 4x)
-                weight = weight / max(1.0 - baseline**2, 0.25)
             self.opt.zero_grad(set_to_none=True)
             out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun

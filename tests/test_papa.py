@@ -177,7 +177,6 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"dislike_margin": -0.5},
         {"reply_baseline": 0},
         {"reply_baseline": 10, "full_exploitation": False},
-        {"balance_replies": True, "reply_baseline": None},
         {"base_queries": 11},
         {"ema_decay": 1.0},
         {"ema_decay": 0.0},
@@ -271,25 +270,6 @@ def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_whe
     plain = _agent(tiny_unet, updates_per_interaction=1, model_coef=0.0)
     plain.learn(q, np.ones(10))
     assert any(not torch.equal(before[n], p) for n, p in plain.unet.state_dict().items())
-
-
-def test_balanced_replies_divide_the_reply_term_by_the_replies_variance(tiny_unet) -> None:
-    def pref_loss(replies: np.ndarray, **kw) -> float:
-        agent = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1, model_coef=0.0, **kw)
-        return agent.learn(queries, replies)["losses/pref"]
-
-    queries = _agent(tiny_unet).propose(torch.Generator().manual_seed(0))
-    # b = 0.25 (5 likes, 3 dislikes): the same draws, every row's weight / (1 - b^2)
-    assert pref_loss(REPLIES, balance_replies=True) == pytest.approx(pref_loss(REPLIES) / (1 - 0.25**2), rel=1e-5)
-    rare = np.array([1] + [-1] * 9)  # b = -0.8: 1 - b^2 = 0.36 -> 2.8x
-    assert pref_loss(rare, balance_replies=True) == pytest.approx(pref_loss(rare) / 0.36, rel=1e-5)
-    floored = np.array([-1] * 9 + [1])  # after 10 earlier dislikes b = -0.9: 1 - b^2 = 0.19, floored to 0.25 -> 4x
-    agent = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1, model_coef=0.0, balance_replies=True)
-    plain = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=1, model_coef=0.0)
-    for a in (agent, plain):
-        a.learn(queries, -np.ones(10))  # 10 dislikes first: the baseline over the next 10 is -0.9
-    expected = 4 * plain.learn(queries, floored)["losses/pref"]
-    assert agent.learn(queries, floored)["losses/pref"] == pytest.approx(expected)
 
 
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
