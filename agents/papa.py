@@ -53,6 +53,11 @@ class PAPAConfig:
     """earlier replies, drawn uniformly from all so far, added to each optimizer step"""
     reply_baseline: int | None = None
     """subtract b, the mean of the last this many signed replies, from each reply: a like counts 1 - b"""
+    catch_up_updates: int = 0
+    """with reply_baseline: optimizer steps added to an interaction while under ``catch_up_below`` of those replies
+    are likes: a model far from its user's taste (a rare taste, or early) moves further"""
+    catch_up_below: float = 0.35
+    """the like-rate of the recent replies under which ``catch_up_updates`` apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
@@ -94,6 +99,9 @@ class PAPAConfig:
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
+            (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
+             "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
+            (lambda v: 0 <= v <= 1, "in [0, 1]", ("catch_up_below",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
@@ -237,8 +245,9 @@ class PAPA:
         recent = torch.cat([self.buffer_y, y[y != 0]])[-(self.cfg.reply_baseline or 1) :]
         if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
+        behind = baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below  # under that like-rate
         self.unet.train()
-        for xb, yb in self._batches(x0, y):
+        for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
@@ -262,13 +271,13 @@ class PAPA:
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
         return stats
 
-    def _batches(self, x0: torch.Tensor, y: torch.Tensor):
+    def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
         """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
                 yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
             return
-        for _ in range(self.cfg.updates_per_interaction or 1):
+        for _ in range((self.cfg.updates_per_interaction or 1) + extra):
             if self.cfg.replay and len(self.buffer_y):
                 idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
                 yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])

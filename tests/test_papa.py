@@ -177,6 +177,9 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"dislike_margin": -0.5},
         {"reply_baseline": 0},
         {"reply_baseline": 10, "full_exploitation": False},
+        {"catch_up_updates": -1},
+        {"catch_up_updates": 2, "reply_baseline": None},
+        {"catch_up_below": 1.5},
         {"base_queries": 11},
         {"ema_decay": 1.0},
         {"ema_decay": 0.0},
@@ -270,6 +273,22 @@ def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_whe
     plain = _agent(tiny_unet, updates_per_interaction=1, model_coef=0.0)
     plain.learn(q, np.ones(10))
     assert any(not torch.equal(before[n], p) for n, p in plain.unet.state_dict().items())
+
+
+def test_catch_up_updates_apply_only_while_few_recent_replies_are_likes(tiny_unet) -> None:
+    def rows(replies: np.ndarray, **kw) -> float:
+        agent = _agent(tiny_unet, reply_baseline=50, updates_per_interaction=2, replay=3, **kw)
+        agent.learn(queries, -np.ones(10))  # an earlier interaction: 10 dislikes
+        return agent.learn(queries, replies)["compute/rows"]
+
+    queries = _agent(tiny_unet).propose(torch.Generator().manual_seed(0))
+    rows_per_step = (10 + 3) * 16  # 10 new + 3 replayed queries x 16 timesteps
+    rare = np.array([1, 1] + [-1] * 8)  # 2 likes in the last 20 replies: like-rate 0.1 < 0.35 -> 2 + 3 steps
+    assert rows(rare, catch_up_updates=3) == 5 * rows_per_step
+    assert rows(rare) == 2 * rows_per_step  # off by default
+    assert rows(rare, catch_up_updates=3, catch_up_below=0.05) == 2 * rows_per_step  # not under 0.05
+    common = np.ones(10)  # 10 likes in the last 20: 0.5 -> the usual 2 steps
+    assert rows(common, catch_up_updates=3) == 2 * rows_per_step
 
 
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
