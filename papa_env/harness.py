@@ -687,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="papa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--env", default="PAPA-MNIST-v0", help="a registered env id (ignored with --suite)")
+    p.add_argument("--env", default=None, help="a registered env id (default PAPA-MNIST-v0; not with --suite)")
     p.add_argument("--preference", default=None, help="the user's taste as JSON, e.g. '[0, 3]' or '\"thin\"'")
     p.add_argument("--oracle", default=None, help="a registered user name (default: the env id's user)")
     p.add_argument("--mistake-rate", type=float, default=0.0, help="share of replies the user flips")
@@ -759,6 +759,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 setattr(a, flag, value)
     if a.budget < 10 or a.budget % 10:
         p.error(f"--budget must be a positive multiple of 10, got {a.budget}")
+    one_user = [f"--{k.replace('_', '-')}" for k in ("env", "preference", "oracle", "mistake_rate") if getattr(a, k)]
+    if a.suite and one_user:  # the suite's tastes carry their own users: these would be silently dropped
+        p.error(f"{', '.join(one_user)} choose one user; --suite {a.suite} runs its own tastes: drop one or the other")
+    if a.tastes and not a.suite:
+        p.error("--tastes picks tastes of --suite tuning or --suite held-out; without --suite there is one user")
+    a.env = a.env or "PAPA-MNIST-v0"
     agents = a.agents.split(",")
     unknown = [x for x in agents if x not in ALL]
     if unknown:

@@ -57,6 +57,20 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tin
     assert "like@10" in csv_head and "like@10_ci95" in csv_head and "share/7" in csv_head
 
 
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--suite", "tuning", "--env", "PAPA-MNIST-v0"], "--env choose one user; --suite tuning runs its own"),
+        (["--suite", "held-out", "--preference", "[3]", "--mistake-rate", "0.1"], "--preference, --mistake-rate"),
+        (["--tastes", "mnist-3"], "--tastes picks tastes of --suite"),
+    ],
+)
+def test_suite_and_one_user_flags_are_refused_together(argv, match, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):  # before any session: nothing is written
+        harness.main([*argv, "--agents", "base", "--out", str(tmp_path)])
+    assert match in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--agents", "base,epapa", "--seeds", "2", "--budget", "10", "--eval-every", "10"]
