@@ -56,7 +56,7 @@ class PAPAConfig:
     catch_up_updates: int = 0
     """with reply_baseline: optimizer steps added to an interaction while under ``catch_up_below`` of those replies
     are likes: a model far from its user's taste (a rare taste, or early) moves further"""
-    catch_up_below: float = 0.35
+    catch_up_below: float = 0.5
     """the like-rate of the recent replies under which ``catch_up_updates`` apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
@@ -124,9 +124,11 @@ PRESETS: dict[str, PAPAConfig] = {
     # PAPA: 2 Adam steps per interaction at 10x the authors' lr, each on 10 new + 22 replayed replies x 4 timesteps
     "papa": PAPAConfig(lr=1e-4, timesteps_per_image=4, updates_per_interaction=2, replay=22, dislike_margin=0.5),
     # EPAPA: k = 300, 10 new + 54 replayed replies x 1 timestep (128 rows, half of PAPA's), a reply baseline, half the
-    # queries from the frozen base, a 67x anchor, queries from a tail average of the weights (decay 0.95 after 30)
+    # queries from the frozen base, a 67x anchor, queries from a tail average of the weights (decay 0.95 after 30),
+    # 2 more steps while under half of the last 50 replies are likes (a rare taste, or early)
     "epapa": PAPAConfig(lr=1e-4, k=300, model_coef=0.6, timesteps_per_image=1, updates_per_interaction=2, replay=54,
-                        reply_baseline=50, dislike_margin=0.5, base_queries=5, ema_decay=0.95, ema_start=30),
+                        reply_baseline=50, catch_up_updates=2, dislike_margin=0.5, base_queries=5, ema_decay=0.95,
+                        ema_start=30),
 }
 # fmt: on
 

@@ -283,11 +283,11 @@ def test_catch_up_updates_apply_only_while_few_recent_replies_are_likes(tiny_une
 
     queries = _agent(tiny_unet).propose(torch.Generator().manual_seed(0))
     rows_per_step = (10 + 3) * 16  # 10 new + 3 replayed queries x 16 timesteps
-    rare = np.array([1, 1] + [-1] * 8)  # 2 likes in the last 20 replies: like-rate 0.1 < 0.35 -> 2 + 3 steps
+    rare = np.array([1, 1] + [-1] * 8)  # 2 likes in the last 20 replies: like-rate 0.1 < 0.5 -> 2 + 3 steps
     assert rows(rare, catch_up_updates=3) == 5 * rows_per_step
     assert rows(rare) == 2 * rows_per_step  # off by default
     assert rows(rare, catch_up_updates=3, catch_up_below=0.05) == 2 * rows_per_step  # not under 0.05
-    common = np.ones(10)  # 10 likes in the last 20: 0.5 -> the usual 2 steps
+    common = np.ones(10)  # 10 likes in the last 20: 0.5, not under 0.5 -> the usual 2 steps
     assert rows(common, catch_up_updates=3) == 2 * rows_per_step
 
 
