@@ -3,10 +3,16 @@
 A pairwise user (``PreferenceEnv(mode="pairwise")``) answers which of two images it prefers. :class:`Pairwise`
 shows it the wrapped agent's 2K queries as K pairs of consecutive images and teaches the agent the preferred image
 as a like and the other as a dislike (a tie: two skips). The wrapped agent must draw 2K queries per interaction.
+
+Half of such replies are likes whatever the user's taste, so an agent that reads its like-rate from the replies
+(PAPA's ``catch_up_updates``) is told they come in pairs: its config's ``paired_replies`` is set. A query's expected
+sign is then P(it wins) - P(it loses), an advantage by rank about half the size of a like / dislike reply's on a
+rare taste (``docs/experiments/suite-defaults.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -19,6 +25,9 @@ class Pairwise:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self.name = agent.name
+        cfg = getattr(agent, "cfg", None)
+        if dataclasses.is_dataclass(cfg) and hasattr(cfg, "paired_replies"):
+            agent.cfg = dataclasses.replace(cfg, paired_replies=True)
 
     def __getattr__(self, name: str) -> Any:  # cfg, model(), proposal_state(), ... of the wrapped agent
         return getattr(self.agent, name)

@@ -58,6 +58,9 @@ class PAPAConfig:
     are likes: a model far from its user's taste (a rare taste, or early) moves further"""
     catch_up_below: float = 0.5
     """the like-rate of the recent replies under which ``catch_up_updates`` apply"""
+    paired_replies: bool = False
+    """replies to pairs (agents/pairwise.py sets it): half are likes whatever the taste, so the like-rate is unknown
+    and ``catch_up_updates`` always apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
@@ -247,7 +250,7 @@ class PAPA:
         recent = torch.cat([self.buffer_y, y[y != 0]])[-(self.cfg.reply_baseline or 1) :]
         if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
-        behind = baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below  # under that like-rate
+        behind = self.cfg.paired_replies or baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below
         self.unet.train()
         for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):

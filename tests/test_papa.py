@@ -289,6 +289,7 @@ def test_catch_up_updates_apply_only_while_few_recent_replies_are_likes(tiny_une
     assert rows(rare, catch_up_updates=3, catch_up_below=0.05) == 2 * rows_per_step  # not under 0.05
     common = np.ones(10)  # 10 likes in the last 20: 0.5, not under 0.5 -> the usual 2 steps
     assert rows(common, catch_up_updates=3) == 2 * rows_per_step
+    assert rows(common, catch_up_updates=3, paired_replies=True) == 5 * rows_per_step  # pairs: like-rate unknown
 
 
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
@@ -354,7 +355,10 @@ def test_tiny_agent_learns_a_trivial_user(tiny_unet, k: int) -> None:
 def test_pairwise_replies_teach_the_preferred_image_as_a_like(tiny_unet) -> None:
     from papa_env.agents.pairwise import Pairwise
 
-    agent = Pairwise(_agent(tiny_unet, queries_per_step=4, updates_per_interaction=1))
+    single = _agent(tiny_unet, queries_per_step=4, updates_per_interaction=1)
+    assert not single.cfg.paired_replies
+    agent = Pairwise(single)
+    assert agent.cfg.paired_replies and single.cfg.paired_replies  # half of its replies are likes whatever the taste
     pairs = agent.propose(torch.Generator().manual_seed(0))
     assert pairs.shape == (2, 2, 1, 28, 28)
     agent.learn(pairs, np.array([1, 0]))  # the first pair: first preferred; the second: a tie (two skips)
