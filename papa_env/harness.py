@@ -647,6 +647,12 @@ def final_grid(specs: list[SessionSpec], root: Path, title: str, path: Path) -> 
     plt.close(fig)
 
 
+def not_reused(specs: list[SessionSpec], reused: list[dict]) -> list[SessionSpec]:
+    """The specs no reused session stands for: none with the same agent label, seed and taste."""
+    have = {(r["agent"], r["seed"], r.get("taste") or "") for r in reused}
+    return [s for s in specs if (s.label, s.seed, s.taste or "") not in have]
+
+
 def load_reused(path: str, seeds: int, budget: int, eval_every: int) -> list[dict]:
     """Sessions of an earlier comparison's ``results.jsonl`` with seed < ``seeds``, checked against this comparison's
     budget and evaluation schedule (that they saw the same user is the caller's word: the folder it came from)."""
@@ -816,7 +822,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     root = Path(a.out) / tag
     reused = load_reused(a.reuse, a.seeds, a.budget, a.eval_every) if a.reuse else []
-    todo = [s for s in specs if not any(r["agent"] == s.label and r["seed"] == s.seed for r in reused)]
+    todo = not_reused(specs, reused)
     done = run_many(todo, root, a.workers, a.backend, a.address, a.threads)
     results = _ordered([*reused, *done])
     rows = write_outputs(results, root, tag, suite=bool(a.suite))

@@ -88,6 +88,25 @@ def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path, tiny_
         harness.main([*args, "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")])
 
 
+def test_a_reused_session_stands_only_for_its_own_agent_seed_and_taste() -> None:
+    specs = [
+        harness.SessionSpec("epapa", "PAPA-MNIST-v0", seed, taste=taste)
+        for taste in ("mnist-3", "mnist-5")
+        for seed in (0, 1)
+    ]
+    reused = [
+        {"agent": "epapa", "seed": 0, "taste": "mnist-3"},
+        {"agent": "epapa+lr=0.0002", "seed": 1, "taste": "mnist-5"},
+    ]
+    assert [(s.taste, s.seed) for s in harness.not_reused(specs, reused)] == [
+        ("mnist-3", 1),
+        ("mnist-5", 0),
+        ("mnist-5", 1),
+    ]
+    plain = [harness.SessionSpec("epapa", "PAPA-MNIST-v0", 0)]  # one user, no taste: an older results.jsonl has none
+    assert harness.not_reused(plain, [{"agent": "epapa", "seed": 0}]) == []
+
+
 @pytest.mark.slow
 def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
