@@ -85,16 +85,30 @@ def collapse_report(
     """Signs of collapse in a session's evaluations (empty list: none).
 
     A session collapses when the judge's like-rate (the user's, for users without a judge) falls more than
-    ``tolerance`` below the best it reached before, or, at any evaluation, one class holds more than ``max_share`` of
-    the samples — unless that class is the only one the user likes (``liked``), where that is the goal.
+    ``tolerance`` below the best it reached before, or when its samples crowd onto one class. Crowding, by what is
+    known of the user: without ``liked``, one class holds more than ``max_share`` of the samples; with two or more
+    liked classes, a liked class falls below half of its share among the base's liked samples (records[0]; the
+    balance goal of the user suite: a 26% / 74% split the base model already has is not crowding) at two
+    evaluations in a row (one dip of a 100-sample evaluation is within its noise), or a class the
+    user does not like holds more than ``max_share``; with one liked class, only a disliked class holding more than
+    ``max_share`` (the liked one taking every sample is the goal).
     """
     problems = []
     key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
-    single = liked is not None and len(liked) == 1
+    shares = liked is not None and bool(records) and f"eval/class_share/{liked[0]}" in records[0]
     best = -1.0
-    for r in records:
-        if r.get("eval/max_class_share", 0.0) > max_share and not single:
-            problems.append(f"{r['replies']} replies: one class holds {r['eval/max_class_share']:.0%} of samples")
+    for i, r in enumerate(records):
+        if not shares:
+            if r.get("eval/max_class_share", 0.0) > max_share and not (liked is not None and len(liked) == 1):
+                problems.append(f"{r['replies']} replies: one class holds {r['eval/max_class_share']:.0%} of samples")
+        else:
+            top = max((k for k in r if k.startswith("eval/class_share/")), key=r.get)
+            if int(top.rsplit("/", 1)[1]) not in liked and r[top] > max_share:
+                problems.append(f"{r['replies']} replies: class {top.rsplit('/', 1)[1]}, not liked, holds "
+                                f"{r[top]:.0%} of samples")  # fmt: skip
+            balance = [relative_balance(records, liked, at=j) for j in (i - 1, i)] if len(liked) > 1 and i else []
+            if balance and all(b is not None and b < 0.5 for b in balance):
+                problems.append(f"{r['replies']} replies: a liked class at {balance[1]:.2f} of its base share")
         if r[key] < best - tolerance:
             problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
         best = max(best, r[key])
@@ -104,12 +118,15 @@ def collapse_report(
 def relative_balance(records: list[dict], liked: tuple[int, ...], at: int = -1) -> float | None:
     """The smallest ratio, over the liked classes, of a class's share among the liked samples at evaluation ``at``
     to its share among the liked samples before learning (records[0]): 1 keeps the base model's proportions, 0.5
-    means a liked class fell to half of its share. None with fewer than 2 liked classes or no class shares."""
+    means a liked class fell to half of its share. None with fewer than 2 liked classes, no class shares, or no liked
+    sample before learning."""
     if len(liked) < 2 or f"eval/class_share/{liked[0]}" not in records[0]:
         return None
     base = np.array([records[0][f"eval/class_share/{c}"] for c in liked])
     now = np.array([records[at][f"eval/class_share/{c}"] for c in liked])
-    if base.sum() <= 0 or now.sum() <= 0:
+    if base.sum() <= 0:
+        return None  # the base drew no liked sample: no share to keep
+    if now.sum() <= 0:
         return 0.0
     base, now = base / base.sum(), now / now.sum()
     return float(min(n / b for n, b in zip(now, base) if b > 0))
@@ -158,5 +175,5 @@ def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "seconds_per_interaction": round(float(np.mean(secs)), 2) if secs else None,
         "update_rows_per_interaction": records[-1].get("compute/rows"),
-        "collapse": collapse_report(records),
+        "collapse": collapse_report(records, liked=liked),
     }

@@ -653,6 +653,17 @@ def not_reused(specs: list[SessionSpec], reused: list[dict]) -> list[SessionSpec
     return [s for s in specs if (s.label, s.seed, s.taste or "") not in have]
 
 
+def rescore(results: list[dict], liked: dict[str, tuple[int, ...] | None]) -> None:
+    """Reused suite sessions scored again from their evaluations by today's :func:`session_metrics` (a metric
+    redefined since they ran applies to them too); ``liked``: the liked classes by taste name."""
+    from papa_env.evaluation import session_metrics
+
+    for r in results:
+        if r.get("taste") in liked:
+            r["metrics"] = session_metrics(r["records"], liked[r["taste"]])
+            r["collapse"] = r["metrics"]["collapse"]
+
+
 def load_reused(path: str, seeds: int, budget: int, eval_every: int) -> list[dict]:
     """Sessions of an earlier comparison's ``results.jsonl`` with seed < ``seeds``, checked against this comparison's
     budget and evaluation schedule (that they saw the same user is the caller's word: the folder it came from)."""
@@ -822,6 +833,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     root = Path(a.out) / tag
     reused = load_reused(a.reuse, a.seeds, a.budget, a.eval_every) if a.reuse else []
+    if a.suite:
+        rescore(reused, {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]})
     todo = not_reused(specs, reused)
     done = run_many(todo, root, a.workers, a.backend, a.address, a.threads)
     results = _ordered([*reused, *done])

@@ -70,7 +70,24 @@ def test_session_metrics_on_hand_made_records() -> None:
     # digit 7: 0.05 / 0.25 of the liked samples at the start, 0.05 / 0.95 at the end -> (0.05/0.95) / 0.2
     assert m["relative_balance"] == pytest.approx((0.05 / 0.95) / 0.2)
     assert relative_balance(records, (1, 4, 7), at=1) == pytest.approx((0.30 / 0.92) / 0.4)  # digit 4 lags
-    assert m["collapse"] == []  # 0.92 -> 0.88 is within the 0.05 tolerance
+    # 0.92 -> 0.88 is within the 0.05 tolerance; digit 7 is under half its base share at 100 and 150 replies
+    assert m["collapse"] == ["150 replies: a liked class at 0.26 of its base share"]
     never = session_metrics([_record(0, 0.2, {3: 0.1}), _record(50, 0.5, {3: 0.2}), _record(100, 0.4, {3: 0.9})], (3,))
     assert never["replies_to_target"] is None and never["relative_balance"] is None  # one liked class: no balance
     assert never["shown_like_rate"] is None and len(never["collapse"]) == 1  # 0.5 -> 0.4 fell; one class is the goal
+
+
+def test_collapse_report_reads_crowding_against_the_base_when_the_liked_classes_are_known() -> None:
+    """A split the base model already has is not crowding (Fashion-MNIST {7, 9}: 26% / 74% of the base's liked
+    samples), a liked class crowded out is, and so is a disliked class taking most samples."""
+    base = {0: 0.14, 2: 0.17, 7: 0.05, 9: 0.14, 5: 0.50}
+    kept = [_record(0, 0.19, base), _record(100, 0.96, {7: 0.21, 9: 0.75, 2: 0.04})]
+    assert collapse_report(kept, liked=(7, 9)) == []
+    assert collapse_report(kept) == ["100 replies: one class holds 75% of samples"]  # no taste known: the old rule
+    crowded = [*kept, _record(200, 0.94, {7: 0.10, 9: 0.84, 2: 0.06})]  # 7: 0.106 of the liked vs 0.263
+    assert collapse_report(crowded, liked=(7, 9)) == []  # once: within a 100-sample evaluation's noise
+    crowded.append(_record(300, 0.95, {7: 0.09, 9: 0.86, 2: 0.05}))
+    assert collapse_report(crowded, liked=(7, 9)) == ["300 replies: a liked class at 0.36 of its base share"]
+    disliked = [_record(0, 0.19, base), _record(100, 0.2, {5: 0.7, 7: 0.05, 9: 0.15})]
+    assert collapse_report(disliked, liked=(9,)) == ["100 replies: class 5, not liked, holds 70% of samples"]
+    assert collapse_report([_record(0, 0.5, {9: 1.0})], liked=(9,)) == []  # one liked class taking all: the goal

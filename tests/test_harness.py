@@ -107,6 +107,20 @@ def test_a_reused_session_stands_only_for_its_own_agent_seed_and_taste() -> None
     assert harness.not_reused(plain, [{"agent": "epapa", "seed": 0}]) == []
 
 
+def test_reused_suite_sessions_are_scored_again_by_todays_metrics() -> None:
+    """A session stored with an older collapse rule gets today's from its own evaluations and its taste's classes."""
+    shares = [{7: 0.05, 9: 0.14, 2: 0.4, 0: 0.41}, {7: 0.21, 9: 0.75, 2: 0.04}]  # the base's 26% / 74% split, kept
+    records = [{"replies": n, "eval/like_rate_judge": like, "eval/judge_confidence": 0.8,
+                "eval/max_class_share": max(sh.values()), **{f"eval/class_share/{c}": v for c, v in sh.items()}}
+               for n, like, sh in zip((0, 300), (0.19, 0.96), shares)]  # fmt: skip
+    stale = ["300 replies: one class holds 75% of samples"]
+    old = {"agent": "epapa", "seed": 0, "taste": "fashion-7-9", "records": records, "collapse": stale}
+    other = {"agent": "epapa", "seed": 0, "taste": "not-a-suite-taste", "records": records, "collapse": stale}
+    harness.rescore([old, other], {"fashion-7-9": (7, 9)})
+    assert old["collapse"] == [] and old["metrics"]["relative_balance"] == pytest.approx((0.21 / 0.96) / (0.05 / 0.19))
+    assert other["collapse"] == stale  # a taste it does not know: left as it was
+
+
 @pytest.mark.slow
 def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
