@@ -253,3 +253,49 @@ def test_baseline_selection_settings_are_checked_when_made() -> None:
                 cls(**bad)
     with pytest.raises(ValueError, match="D3POConfig: selector must be one of"):
         D3POConfig(selector="liked")  # predicted likes mean nothing for a which-of-two pair
+
+
+def test_like_weights_give_the_liked_kinds_the_tuned_model_over_draws_less_weight() -> None:
+    """Base-drawn likes: half kind A, half kind B; tuned-drawn likes: 9 of 10 kind A. A tuned like of the rare kind
+    B must weigh more than one of A (base proportions restored), the tuned weights average 1, base likes weigh 1."""
+    from papa_env.agents.selection import like_weights
+
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    base = torch.stack([a] * 10 + [b] * 10)
+    tuned = torch.stack([a] * 18 + [b] * 2)
+    features = torch.cat([base, tuned]) + 0.01 * torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    from_base = torch.tensor([True] * 20 + [False] * 20)
+    w = like_weights(features, from_base, ridge=0.1)
+    assert torch.equal(w[:20], torch.ones(20)) and w[20:].mean().item() == pytest.approx(1.0)
+    assert w[38:].min() > 2 * w[20:38].max(), w[20:]  # the rare kind's tuned likes count most
+    assert torch.equal(like_weights(features[16:], from_base[16:]), torch.ones(24))  # 4 base likes: too few to say
+    with pytest.raises(ValueError, match="balance_likes must be False without base_queries"):
+        PAPAConfig(balance_likes=True)
+
+
+def test_a_session_balancing_its_likes_learns_and_resumes_exactly(tiny_unet, tmp_path) -> None:
+    def env() -> PreferenceEnv:
+        return PreferenceEnv(Watched(threshold=-0.2), queries_per_step=10, feedback_budget=80)
+
+    def agent() -> PAPA:
+        cfg = PAPAConfig(lr=1e-3, timesteps_per_image=4, num_sampling_steps=3, updates_per_interaction=1, replay=10,
+                         base_queries=5, balance_likes=True)  # fmt: skip
+        return PAPA(tiny_unet, cfg)
+
+    straight, run = tmp_path / "straight", tmp_path / "killed"
+    full = agent()
+    run_session(full, env(), straight, eval_every=0, progress=False)
+    run_session(agent(), env(), run, eval_every=0, progress=False, stop_after_steps=3)
+    resumed = agent()
+    run_session(resumed, env(), run, eval_every=0, progress=False)
+
+    def lines(folder: Path) -> list:
+        return [json.loads(x)["sha256"] for x in (folder / "replies.jsonl").read_text().splitlines()]
+
+    assert lines(run) == lines(straight)  # the same queries, bit for bit, after the resume
+    assert len(full.buffer_base) == len(full.buffer_y) and 0 < int(full.buffer_base.sum()) < len(full.buffer_y)
+    weights = full._like_weights(full.features(full.buffer_x[:10]), full.buffer_y[:10])
+    assert not torch.equal(weights, torch.ones_like(weights))  # enough likes of both sources: the weights moved
+    for key in ("unet", "buffer_f", "buffer_base"):
+        a, b = full.state_dict()[key], resumed.state_dict()[key]
+        assert all(torch.equal(a[k], b[k]) for k in a) if key == "unet" else torch.equal(a, b)
