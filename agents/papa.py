@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from papa_env.agents.selection import FEATURES, SELECTORS, draw_pool, like_weights, make_features, make_selector
+from papa_env.agents.selection import FEATURES, SELECTORS, draw_pool, make_features, make_selector
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
@@ -65,10 +65,6 @@ class PAPAConfig:
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
-    balance_likes: bool = False
-    """with base_queries: a like on a query the tuned model drew weighs how much likelier its kind is among the base
-    model's likes than among the tuned model's (agents/selection.py's ``like_weights``, in ``selector_features``):
-    the likes teach the base's proportions of what the user likes, not the ones the tuned model drifted to"""
     pool_size: int | None = None
     """draw this many candidates and let ``selector`` choose the K shown (None: draw K, all shown)"""
     selector: str = "random"
@@ -105,7 +101,6 @@ class PAPAConfig:
             (lambda v: v is None or v >= 1 and self.full_exploitation, ">= 1, or None (it must be None with "
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
-            (lambda v: not v or self.base_queries > 0, "False without base_queries", ("balance_likes",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
@@ -231,26 +226,15 @@ class PAPA:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.updates, self.device = 0, next(unet.parameters()).device
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
-        own = config.selector != "random" or config.balance_likes
-        self.features = make_features(config.selector_features, self.base) if own else None
+        self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
-        self.buffer_f, self.buffer_base = torch.zeros(0), torch.zeros(0, dtype=torch.bool)  # with balance_likes
-        self.source = torch.zeros(config.queries_per_step, dtype=torch.long)  # who drew the last queries (1: base)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
         pool = draw_pool(self.policy, self.base, m - c.base_queries, c.base_queries, self.features, generator,
                          self.side_by_side, **self.sampling)  # fmt: skip
-        chosen = self.selector.select(pool, c.queries_per_step, generator)
-        self.source = pool.source[chosen]
-        return pool.images[chosen].numpy()
-
-    def proposal_state(self) -> dict[str, np.ndarray]:  # which model drew each query, persisted with the replies
-        return {"source": self.source.numpy()} if self.cfg.balance_likes else {}
-
-    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
-        self.source = torch.as_tensor(state["source"])
+        return pool.images[self.selector.select(pool, c.queries_per_step, generator)].numpy()
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample(self.policy, n, generator=generator, **self.sampling)
@@ -267,19 +251,13 @@ class PAPA:
         if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
         behind = self.cfg.paired_replies or baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below
-        features = self.features(x0) if self.features is not None else None
-        if len(self.source) != len(y):  # queries this agent did not propose as they are (e.g. pairs): the tuned's
-            self.source = torch.zeros(len(y), dtype=torch.long)
-        weights = self._like_weights(features, y)  # (K + buffer,) a weight per reply, new ones first
         self.unet.train()
-        for xb, yb, wb in self._batches(x0, y, weights, extra=self.cfg.catch_up_updates if behind else 0):
+        for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
-            if self.cfg.balance_likes:
-                weight = (yb if weight is None else weight) * wb.to(self.device)
             self.opt.zero_grad(set_to_none=True)
             out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
@@ -292,44 +270,24 @@ class PAPA:
         self.unet.eval()
         if self.ema is not None:
             self.ema.copy_to(self.sampled.parameters())
-        if features is not None and self.cfg.selector != "random":
-            self.selector.observe(features, y.cpu())
-        kept = (y != 0).cpu()  # skips teach nothing later
-        self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])
+        if self.features is not None:
+            self.selector.observe(self.features(x0), y.cpu())
+        self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
-        if self.cfg.balance_likes:
-            self.buffer_f = torch.cat([self.buffer_f.view(-1, features.shape[1]), features[kept]])
-            self.buffer_base = torch.cat([self.buffer_base, (self.source == 1)[kept]])
         return stats
 
-    def _like_weights(self, features: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-        """With balance_likes: a weight per reply, this interaction's then the buffer's (1 for dislikes and for likes
-        on base-model queries); else ones."""
-        n = len(y) + len(self.buffer_y)
-        if not self.cfg.balance_likes:
-            return torch.ones(n)
-        f = torch.cat([features, self.buffer_f.view(-1, features.shape[1])])
-        from_base = torch.cat([self.source == 1, self.buffer_base])
-        liked = torch.cat([y.cpu(), self.buffer_y.cpu()]) > 0
-        weights = torch.ones(n)
-        weights[liked] = like_weights(f[liked], from_base[liked])
-        return weights
-
-    def _batches(self, x0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, extra: int = 0):
-        """(queries, signs, weights) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones
-        each; ``w``: a weight per reply, the K new ones first, then the buffer's."""
+    def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
+        """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
-                end = start + self.cfg.batch_size
-                yield x0[start:end], y[start:end], w[start:end]
+                yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
             return
         for _ in range((self.cfg.updates_per_interaction or 1) + extra):
             if self.cfg.replay and len(self.buffer_y):
                 idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
-                yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]]), w[torch.cat(
-                    [torch.arange(len(x0)), len(x0) + idx])]  # fmt: skip
+                yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
             else:
-                yield x0, y, w[: len(x0)]
+                yield x0, y
 
     def model(self) -> torch.nn.Module:  # the tuned weights samples are drawn from (the average, with ema_decay)
         return self.sampled
@@ -343,8 +301,7 @@ class PAPA:
         ema = {"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
-                "config": asdict(self.cfg), "selector": self.selector.state_dict(), "buffer_f": self.buffer_f.clone(),
-                "buffer_base": self.buffer_base.clone(), "source": self.source.clone(), **ema}  # fmt: skip
+                "config": asdict(self.cfg), "selector": self.selector.state_dict(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -352,8 +309,6 @@ class PAPA:
         self.generator.set_state(state["generator"])
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         self.selector.load_state_dict(state["selector"])
-        if "buffer_f" in state:  # saved before balance_likes: no features kept
-            self.buffer_f, self.buffer_base, self.source = state["buffer_f"], state["buffer_base"], state["source"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

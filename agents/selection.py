@@ -247,31 +247,6 @@ def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def like_weights(features: torch.Tensor, from_base: torch.Tensor, ridge: float = 1.0, clip: float = 4.0,
-                 min_each: int = 5) -> torch.Tensor:  # fmt: skip
-    """Weights that make the liked samples the tuned model drew count in the base model's proportions.
-
-    For liked samples with ``features`` (N, D) and whether the base model drew each (N,) bool: a ridge classifier of
-    the source (+1 base, -1 tuned, on the features and a bias) gives each sample's odds of being the base's, times
-    n_tuned / n_base: an estimate of p_base(x) / p_tuned(x) among the liked (a kind of like the tuned model
-    over-draws weighs less). Tuned samples' weights are clipped to [1 / clip, clip] and scaled to mean 1 (the likes'
-    total push is unchanged; only its spread over kinds moves); base-drawn samples weigh 1. All ones until each
-    source has ``min_each`` samples."""
-    from_base = torch.as_tensor(from_base, dtype=torch.bool)
-    weights = torch.ones(len(from_base))
-    n_base = int(from_base.sum())
-    n_tuned = len(from_base) - n_base
-    if n_base < min_each or n_tuned < min_each:
-        return weights
-    f = _with_bias(features.double())
-    labels = from_base.double() * 2 - 1
-    coef = torch.linalg.solve(f.T @ f + ridge * torch.eye(f.shape[1], dtype=torch.float64), f.T @ labels)
-    p = ((f @ coef + 1) / 2).clamp(0.05, 0.95)  # the regression's +-1 scale read as a probability of "base"
-    odds = (p / (1 - p) * n_tuned / n_base)[~from_base].clamp(1 / clip, clip)
-    weights[~from_base] = (odds / odds.mean()).float()
-    return weights
-
-
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
 
 
