@@ -89,13 +89,15 @@ def collapse_report(
     known of the user: without ``liked``, one class holds more than ``max_share`` of the samples; with two or more
     liked classes, a liked class falls below half of its share among the base's liked samples (records[0]; the
     balance goal of the user suite: a 26% / 74% split the base model already has is not crowding) at two
-    evaluations in a row (one dip of a 100-sample evaluation is within its noise), or a class the
-    user does not like holds more than ``max_share``; with one liked class, only a disliked class holding more than
-    ``max_share`` (the liked one taking every sample is the goal).
+    evaluations in a row (one dip of a 100-sample evaluation is within its noise), or a class the user does not
+    like holds more than ``max_share``; with one liked class, only a disliked class holding more than ``max_share``
+    (the liked one taking every sample is the goal).
     """
     problems = []
     key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     shares = liked is not None and bool(records) and f"eval/class_share/{liked[0]}" in records[0]
+    low = [shares and len(liked) > 1 and (b := relative_balance(records, liked, at=i)) is not None and b < 0.5
+           for i in range(len(records))]  # fmt: skip
     best = -1.0
     for i, r in enumerate(records):
         if not shares:
@@ -106,9 +108,9 @@ def collapse_report(
             if int(top.rsplit("/", 1)[1]) not in liked and r[top] > max_share:
                 problems.append(f"{r['replies']} replies: class {top.rsplit('/', 1)[1]}, not liked, holds "
                                 f"{r[top]:.0%} of samples")  # fmt: skip
-            balance = [relative_balance(records, liked, at=j) for j in (i - 1, i)] if len(liked) > 1 and i else []
-            if balance and all(b is not None and b < 0.5 for b in balance):
-                problems.append(f"{r['replies']} replies: a liked class at {balance[1]:.2f} of its base share")
+            if i and low[i - 1] and low[i]:
+                balance = relative_balance(records, liked, at=i)
+                problems.append(f"{r['replies']} replies: a liked class at {balance:.2f} of its base share")
         if r[key] < best - tolerance:
             problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
         best = max(best, r[key])
