@@ -13,7 +13,8 @@ Rules (``SELECTORS``):
 * ``disagreement``: where an ensemble of reward models fitted on the replies so far disagrees most (PEBBLE);
 * ``entropy``: where the ensemble's mean prediction is least sure (B-Pref's entropy);
 * ``diversity``: spread over the pool (greedy k-center) in the agent's own feature space;
-* ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement;
+* ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement, shown
+  alternately (a pairwise user's pairs then each hold a predicted like and a disputed image);
 * ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
 
 Features (``FEATURES``), both the agent's own: ``unet``, the frozen base UNet's mid-block activations at t = 200,
@@ -214,7 +215,7 @@ class EnsembleSelector:
         liked = _top(s.mean(0), n_liked)
         rest = torch.tensor([i for i in range(len(pool.images)) if i not in set(liked.tolist())])
         informative = rest[_top(s.std(0)[rest], k - n_liked)] if k > n_liked else rest[:0]
-        return torch.cat([liked, informative])
+        return _alternate(liked, informative)
 
     def state_dict(self) -> dict[str, Any]:
         return {"features": self.features.clone(), "labels": self.labels.clone()}
@@ -226,6 +227,14 @@ class EnsembleSelector:
 
 def _with_bias(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], 1)
+
+
+def _alternate(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``first[0], second[0], first[1], second[1], ...``, the longer one's rest at the end: consecutive queries are
+    a pair for a pairwise user (agents/pairwise.py), so each pair holds one of each while both last."""
+    n = min(len(first), len(second))
+    both = torch.stack([first[:n], second[:n]], 1).reshape(-1)
+    return torch.cat([both, first[n:], second[n:]])
 
 
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:
