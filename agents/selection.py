@@ -13,8 +13,9 @@ Rules (``SELECTORS``):
 * ``disagreement``: where an ensemble of reward models fitted on the replies so far disagrees most (PEBBLE);
 * ``entropy``: where the ensemble's mean prediction is least sure (B-Pref's entropy);
 * ``diversity``: spread over the pool (greedy k-center) in the agent's own feature space;
-* ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K), the rest by disagreement, shown
-  alternately (a pairwise user's pairs then each hold a predicted like and a disputed image);
+* ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K, spread by k-center over the pool's
+  2 x as many likeliest), the rest by disagreement, shown alternately (a pairwise user's pairs then each hold a
+  predicted like and a disputed image);
 * ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
 
 Features (``FEATURES``), both the agent's own: ``unet``, the frozen base UNet's mid-block activations at t = 200,
@@ -212,7 +213,10 @@ class EnsembleSelector:
             member = int(torch.randint(self.members, (1,), generator=generator))
             return _top(s[member], k)
         n_liked = round(self.liked_share * k)  # "liked": predicted likes, then the most disputed of the rest
-        liked = _top(s.mean(0), n_liked)
+        likely = _top(s.mean(0), min(2 * n_liked, len(pool.images)))  # up to twice as many as needed, of those
+        sure = int((s.mean(0) - s.std(0) > 0)[likely].sum())  # the ensemble agrees are likes: spread over them
+        likely = likely[: max(n_liked, sure)]
+        liked = likely[k_center(pool.features[likely], n_liked)] if n_liked else likely[:0]
         rest = torch.tensor([i for i in range(len(pool.images)) if i not in set(liked.tolist())])
         informative = rest[_top(s.std(0)[rest], k - n_liked)] if k > n_liked else rest[:0]
         return _alternate(liked, informative)
@@ -249,10 +253,12 @@ def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
     f = features.double()
     chosen = [int(((f - f.mean(0)) ** 2).sum(1).argmin())]
     dist = ((f - f[chosen[0]]) ** 2).sum(1)
+    dist[chosen[0]] = -1.0  # never chosen twice, duplicates included
     while len(chosen) < k:
         nxt = int(dist.argmax())
         chosen.append(nxt)
         dist = torch.minimum(dist, ((f - f[nxt]) ** 2).sum(1))
+        dist[chosen] = -1.0
     return torch.tensor(chosen, dtype=torch.long)
 
 

@@ -51,6 +51,24 @@ def test_liked_shows_mostly_predicted_likes_and_respects_its_share() -> None:
     assert sorted(all_liked) == [0, 1, 2, 3, 4]
 
 
+def test_liked_spreads_its_likes_over_the_liked_kinds() -> None:
+    """Two liked kinds, one predicted more surely (A: all likes) than the other (B: 10 of 12), and a disliked one (C):
+    the predicted likes shown cover both liked kinds, not the surest one alone, and never the disliked one."""
+    sel = EnsembleSelector("liked", members=16, ridge=0.1, liked_share=1.0)
+    g = torch.Generator().manual_seed(0)
+    kinds = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # A, B, C (e2: a bias)
+    features = kinds.repeat_interleave(12, 0) + 0.05 * torch.randn(36, 3, generator=g)
+    sel.observe(features, torch.tensor([1.0] * 12 + [1.0] * 10 + [-1.0] * 2 + [-1.0] * 12))
+    pool = kinds.repeat_interleave(6, 0) + 0.01 * torch.randn(18, 3, generator=g)  # 6 A, then 6 B, then 6 C
+    chosen = sel.select(_pool(pool), 4, torch.Generator())
+    assert sorted(set((chosen // 6).tolist())) == [0, 1]  # A and B both shown, C never
+
+
+def test_k_center_never_picks_a_candidate_twice() -> None:
+    picked = k_center(torch.ones(5, 3), 4)  # all alike: distance 0 everywhere
+    assert len(set(picked.tolist())) == 4
+
+
 def test_diversity_spreads_over_the_pool() -> None:
     clusters = torch.cat([torch.full((4, 2), c) + 0.01 * torch.randn(4, 2) for c in (-5.0, 0.0, 5.0)])
     picked = k_center(clusters, 3)
