@@ -8,6 +8,11 @@ Half of such replies are likes whatever the user's taste, so an agent that reads
 (PAPA's ``catch_up_updates``) is told they come in pairs: its config's ``paired_replies`` is set. A query's expected
 sign is then P(it wins) - P(it loses), an advantage by rank about half the size of a like / dislike reply's on a
 rare taste (``docs/experiments/suite-defaults.md``).
+
+A pair of two disliked images teaches little, and on a rare taste most drawn pairs hold no liked image.
+:func:`select_pairs` is EPAPA's query selection for pairs (the harness applies it to ``epapa`` with a pairwise
+user): a pool twice the 2K queries, half from the frozen base model, of which the ``liked`` rule shows K predicted
+likes spread over the liked kinds, each paired with the image the reward ensemble disputes most.
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def select_pairs(config: Any) -> Any:
+    """A PAPA config (``queries_per_step`` = 2K) with the pairs' query selection: a pool of 4K (2K from the frozen
+    base model) of which ``liked`` shows K predicted likes and K disputed images, alternately, so each pair holds one
+    of each. On the suite's tuning-half pairwise user (3 seeds) it raised the pairs holding a liked image from 0.67 to
+    0.85 and the judge like-rate after 300 replies from 0.65 to 0.81 (``docs/experiments/suite-defaults.md``)."""
+    q = config.queries_per_step
+    return dataclasses.replace(config, pool_size=2 * q, base_queries=q, selector="liked", liked_share=0.5)
 
 
 class Pairwise:

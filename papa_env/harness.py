@@ -87,7 +87,7 @@ def make_agent(spec: SessionSpec, env) -> Any:
     """The agent ``spec.agent`` around the env's base model, with its (preset) config, seed and overrides."""
     from papa_env.agents.d3po import D3PO, D3POConfig
     from papa_env.agents.ddpo import DDPO, DDPOConfig
-    from papa_env.agents.pairwise import Pairwise
+    from papa_env.agents.pairwise import Pairwise, select_pairs
     from papa_env.agents.papa import PAPA, PRESETS
     from papa_env.agents.references import BaseModel, OracleBestOfN
     from papa_env.agents.reward_model import RewardModelConfig, RewardModelDDPO
@@ -97,9 +97,10 @@ def make_agent(spec: SessionSpec, env) -> Any:
     pairs = env.unwrapped.mode == "pairwise" and name not in PAIRWISE_ONLY
     k = env.unwrapped.queries_per_step * (2 if pairs else 1)
     if name in PAPA_AGENTS:
-        agent = PAPA(
-            unet, apply_overrides(dataclasses.replace(PRESETS[name], seed=seed, queries_per_step=k), spec.overrides)
-        )
+        config = dataclasses.replace(PRESETS[name], seed=seed, queries_per_step=k)
+        if pairs and name == "epapa":  # its selection for pairs, chosen on the tuning half's pairwise user
+            config = select_pairs(config)
+        agent = PAPA(unet, apply_overrides(config, spec.overrides))
     elif name == "ddpo":
         agent = DDPO(unet, apply_overrides(DDPOConfig(queries_per_step=k), spec.overrides))
     elif name == "d3po":

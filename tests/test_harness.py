@@ -179,6 +179,21 @@ def test_overrides_are_checked_against_the_agents_config() -> None:
     assert SessionSpec("epapa", overrides={"lr": 2e-4, "k": 200}).label == "epapa+k=200+lr=0.0002"
 
 
+def test_epapa_with_a_pairwise_user_selects_its_pairs_and_an_override_restores_the_drawn_ones(tiny_model_file) -> None:
+    pairwise = dict(env_kwargs={"mode": "pairwise"}, model=tiny_model_file, budget=20)
+    spec = SessionSpec("epapa", **pairwise)
+    cfg = harness.make_agent(spec, harness.make_env(spec)).cfg  # 2K = 20 queries from a pool of 40, half the base's
+    assert (cfg.queries_per_step, cfg.pool_size, cfg.base_queries, cfg.selector, cfg.liked_share) == (
+        20, 40, 20, "liked", 0.5)  # fmt: skip
+    assert cfg.paired_replies
+    drawn = SessionSpec("epapa", overrides={"selector": "random", "pool_size": None, "base_queries": 5}, **pairwise)
+    cfg = harness.make_agent(drawn, harness.make_env(drawn)).cfg
+    assert (cfg.pool_size, cfg.selector, cfg.base_queries) == (None, "random", 5)
+    binary = SessionSpec("epapa", model=tiny_model_file, budget=20)  # a like / dislike user: unchanged
+    cfg = harness.make_agent(binary, harness.make_env(binary)).cfg
+    assert (cfg.queries_per_step, cfg.pool_size, cfg.selector) == (10, None, "random")
+
+
 def _fake_results(ends: dict[str, list[float]]) -> list[dict]:
     """Harness results whose last judge like-rates are ``ends[agent]`` (one per seed)."""
     return [

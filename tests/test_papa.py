@@ -369,3 +369,25 @@ def test_pairwise_replies_teach_the_preferred_image_as_a_like(tiny_unet) -> None
     env = bright_env(40, k=2, mode="pairwise")
     records = run_session(agent, env, eval_every=20, evaluator=ToyEval(env), progress=False)
     assert [r["replies"] for r in records] == [0, 20, 40]
+
+
+def test_selected_pairs_hold_the_agents_predicted_likes_first(tiny_unet) -> None:
+    """``select_pairs``: each pair shown is (one of the pool's likeliest by the agent's own ensemble, another image)
+    (random pixel features: the tiny UNet's own carry nothing)."""
+    from papa_env.agents.pairwise import Pairwise, select_pairs
+
+    cfg = select_pairs(PAPAConfig(lr=3e-3, timesteps_per_image=4, num_sampling_steps=8, queries_per_step=8,
+                                  updates_per_interaction=1, selector_features="random"))  # fmt: skip
+    assert (cfg.pool_size, cfg.base_queries, cfg.selector, cfg.liked_share) == (16, 8, "liked", 0.5)
+    agent = Pairwise(PAPA(tiny_unet, cfg))
+    env = bright_env(24, k=4, mode="pairwise")
+    run_session(agent, env, eval_every=24, evaluator=ToyEval(env), progress=False)
+    seen, select = {}, agent.agent.selector.select
+    agent.agent.selector.select = lambda pool, k, g: seen.setdefault("chosen", (pool, select(pool, k, g)))[1]
+    pairs = torch.as_tensor(agent.propose(torch.Generator().manual_seed(0)))
+    pool, chosen = seen["chosen"]
+    assert torch.equal(pairs.flatten(0, 1), pool.images[chosen])  # consecutive choices are the pairs
+    score = agent.agent.selector.scores(pool.features).mean(0)
+    top_half = set(score.argsort(descending=True)[:8].tolist())
+    assert set(chosen[0::2].tolist()) <= top_half  # the first of each pair: a predicted like
+    assert len(set(chosen.tolist())) == 8
