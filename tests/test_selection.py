@@ -132,7 +132,7 @@ def test_a_session_with_a_selector_never_asks_the_user_and_resumes_its_choices_e
 @pytest.mark.slow
 def test_liked_shows_the_user_more_of_what_it_likes_than_random() -> None:
     """What a person sees: from a pool of 30 (the shipped model: its features carry what an image shows), the liked
-    rule shows more liked images than the queries as drawn."""
+    rule shows more liked images than the queries as drawn (4 sessions of 60 replies each)."""
     from papa_env.models import load_pretrained
 
     base = load_pretrained("mnist-ddpm")
@@ -140,7 +140,7 @@ def test_liked_shows_the_user_more_of_what_it_likes_than_random() -> None:
     shown = {}
     for rule, pool in (("random", None), ("liked", 30)):
         rates = []
-        for seed in range(2):
+        for seed in range(4):
             env = PreferenceEnv(Bright(threshold), queries_per_step=10, feedback_budget=60)
             agent = PAPA(base, PAPAConfig(lr=1e-5, timesteps_per_image=1, num_sampling_steps=5, pool_size=pool,
                                           selector=rule, liked_share=1.0))  # fmt: skip
@@ -148,7 +148,9 @@ def test_liked_shows_the_user_more_of_what_it_likes_than_random() -> None:
             rates.append(records[-1]["session/shown_like_rate"])
         shown[rule] = float(np.mean(rates))
     print(shown)
-    assert shown["liked"] > shown["random"] + 0.15  # ~0.4 as drawn: the margin is > 3 sigma over 120 images
+    # ~0.45 as drawn, ~0.63 liked (4 seeds; with 2 the spread of the predicted likes brought it to 0.49 against 0.37):
+    # the margin is > 3 sigma over 240 images
+    assert shown["liked"] > shown["random"] + 0.15
 
 
 def sample_brightness(unet) -> torch.Tensor:
