@@ -213,9 +213,9 @@ class EnsembleSelector:
             member = int(torch.randint(self.members, (1,), generator=generator))
             return _top(s[member], k)
         n_liked = round(self.liked_share * k)  # "liked": predicted likes, then the most disputed of the rest
-        likely = _top(s.mean(0), min(2 * n_liked, len(pool.images)))  # up to twice as many as needed, of those
-        sure = int((s.mean(0) - s.std(0) > 0)[likely].sum())  # the ensemble agrees are likes: spread over them
-        likely = likely[: max(n_liked, sure)]
+        likely = _top(s.mean(0), min(2 * n_liked, len(pool.images)))  # up to twice as many as needed: as many
+        sure = int((s.mean(0) - s.std(0) > 0)[likely].sum())  # of the likeliest as the ensemble agrees are likes
+        likely = likely[: max(n_liked, sure)]  # (mean - std > 0), at least n_liked; spread over them
         liked = likely[k_center(pool.features[likely], n_liked)] if n_liked else likely[:0]
         rest = torch.tensor([i for i in range(len(pool.images)) if i not in set(liked.tolist())])
         informative = rest[_top(s.std(0)[rest], k - n_liked)] if k > n_liked else rest[:0]
