@@ -41,7 +41,8 @@ def test_two_processes_give_the_single_process_update(tmp_path) -> None:
     """PAPA's (k = 0) and EPAPA's (k = 400) full-sum update, rows split over 2 gloo processes, gradients summed."""
     model = _tiny(tmp_path / "tiny.safetensors")
     out = tmp_path / "two"
-    subprocess.run([*TORCHRUN, str(SCRIPT), model, "0,400", str(out)], check=True, env=ENV, capture_output=True)
+    done = subprocess.run([*TORCHRUN, str(SCRIPT), model, "0,400", str(out)], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stderr[-3000:]}"
     spec = importlib.util.spec_from_file_location("dist_update", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
