@@ -65,6 +65,10 @@ class PAPAConfig:
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
+    fewer_base_queries: bool = False
+    """with reply_baseline: ``base_queries`` shrink as the tuned model's own queries are liked, to
+    max(1, round(base_queries * min(1, 2 (1 - r)))) at like-rate r of its last ``reply_baseline`` replied queries:
+    all while r <= 0.5, one at r >= 0.9 (a person is shown more of what the tuned model has learned)"""
     pool_size: int | None = None
     """draw this many candidates and let ``selector`` choose the K shown (None: draw K, all shown)"""
     selector: str = "random"
@@ -104,6 +108,8 @@ class PAPAConfig:
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
+            (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
+             "base_queries", ("fewer_base_queries",)),
             (lambda v: 0 <= v <= 1, "in [0, 1]", ("catch_up_below",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
@@ -228,13 +234,33 @@ class PAPA:
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
+        self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
+        self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
-        pool = draw_pool(self.policy, self.base, m - c.base_queries, c.base_queries, self.features, generator,
-                         self.side_by_side, **self.sampling)  # fmt: skip
-        return pool.images[self.selector.select(pool, c.queries_per_step, generator)].numpy()
+        n_base = self.base_count()
+        pool = draw_pool(self.policy, self.base, m - n_base, n_base, self.features, generator, self.side_by_side,
+                         **self.sampling)  # fmt: skip
+        chosen = self.selector.select(pool, c.queries_per_step, generator)
+        self.shown_source = pool.source[chosen].numpy()
+        return pool.images[chosen].numpy()
+
+    def base_count(self) -> int:
+        """How many of the queries drawn come from the frozen base: ``base_queries``, fewer once the tuned model's
+        own queries are liked (``fewer_base_queries``)."""
+        c = self.cfg
+        if not c.fewer_base_queries or c.paired_replies or not len(self.tuned_y):
+            return c.base_queries
+        like_rate = float((self.tuned_y[-c.reply_baseline :] > 0).float().mean())
+        return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
+
+    def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
+        return {"source": self.shown_source} if self.cfg.fewer_base_queries and self.shown_source is not None else {}
+
+    def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
+        self.shown_source = np.asarray(state["source"]) if "source" in state else None
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample(self.policy, n, generator=generator, **self.sampling)
@@ -274,6 +300,10 @@ class PAPA:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
+        if self.cfg.fewer_base_queries and self.shown_source is not None and len(self.shown_source) == len(y):
+            tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
+            self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
+        self.shown_source = None
         return stats
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
@@ -301,7 +331,8 @@ class PAPA:
         ema = {"ema": copy.deepcopy(self.ema.state_dict())} if self.ema is not None else {}
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
-                "config": asdict(self.cfg), "selector": self.selector.state_dict(), **ema}  # fmt: skip
+                "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
+                **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -309,6 +340,7 @@ class PAPA:
         self.generator.set_state(state["generator"])
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         self.selector.load_state_dict(state["selector"])
+        self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

@@ -292,6 +292,33 @@ def test_catch_up_updates_apply_only_while_few_recent_replies_are_likes(tiny_une
     assert rows(common, catch_up_updates=3, paired_replies=True) == 5 * rows_per_step  # pairs: like-rate unknown
 
 
+def test_fewer_base_queries_once_the_tuned_models_own_queries_are_liked(tiny_unet) -> None:
+    agent = _agent(tiny_unet, reply_baseline=10, base_queries=5, fewer_base_queries=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def interaction(tuned: int, base: int) -> np.ndarray:
+        """Ask, reply ``tuned`` to the tuned model's queries and ``base`` to the base model's, learn; the sources."""
+        queries = agent.propose(gen)
+        source = agent.proposal_state()["source"]
+        agent.learn(queries, np.where(source == 0, tuned, base))
+        return source
+
+    assert agent.base_count() == 5  # nothing replied yet: all of base_queries
+    assert (interaction(tuned=1, base=-1) == 1).sum() == 5
+    assert agent.base_count() == 1  # the tuned model's 5 queries all liked: one base query left
+    assert (interaction(tuned=-1, base=1) == 1).sum() == 1  # 9 tuned queries disliked; the base one liked
+    assert agent.base_count() == 5  # the tuned model's last 10 replies: 1 like (the base's never count)
+    for likes, expected in [(10, 1), (9, 1), (8, 2), (7, 3), (6, 4), (5, 5), (0, 5)]:
+        agent.tuned_y = torch.tensor([1.0] * likes + [-1.0] * (10 - likes))
+        assert agent.base_count() == expected, likes  # max(1, round(5 min(1, 2 (1 - r))))
+    assert agent.state_dict()["tuned_y"].tolist() == agent.tuned_y.tolist()
+    with pytest.raises(ValueError, match="fewer_base_queries must be False without"):
+        PAPAConfig(fewer_base_queries=True, base_queries=5)
+    off = _agent(tiny_unet, reply_baseline=10, base_queries=5)
+    off.learn(off.propose(gen), np.ones(10))
+    assert off.base_count() == 5 and off.proposal_state() == {}  # off: the constant, nothing more persisted
+
+
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     def moved_agent(base_queries: int) -> PAPA:
         agent = _agent(tiny_unet, base_queries=base_queries)

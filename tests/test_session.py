@@ -155,11 +155,13 @@ class _Announced:
         return self.user.reply(images, rng)
 
 
-@pytest.mark.parametrize("kind", ["papa", "ddpo"])
+@pytest.mark.parametrize("kind", ["papa", "ddpo", "papa-fewer-base-queries"])
 def test_lookahead_announces_the_next_queries_before_the_update_and_resumes_exactly(kind, tiny_unet, tmp_path) -> None:
     def make():
         if kind == "ddpo":
             return DDPO(tiny_unet, DDPOConfig(queries_per_step=10, num_sampling_steps=3, lr=1e-3))
+        if kind == "papa-fewer-base-queries":  # which model drew each query is part of the persisted proposal
+            return _agent(tiny_unet, reply_baseline=50, base_queries=5, fewer_base_queries=True)
         return _agent(tiny_unet)
 
     def env_for(agent):
@@ -190,6 +192,9 @@ def test_lookahead_announces_the_next_queries_before_the_update_and_resumes_exac
     b = load_state(interrupted / "checkpoint.safetensors")["agent"]
     key = "unet" if "unet" in a else next(k for k in a if isinstance(a[k], dict))
     assert all(torch.equal(a[key][n], b[key][n]) for n in a[key])
+    if kind == "papa-fewer-base-queries":
+        sources = [np.load(straight / "queries" / f"step_{i:04d}.npz")["proposal/source"] for i in range(1, 7)]
+        assert [int(s.sum()) for s in sources[:1]] == [5] and torch.equal(a["tuned_y"], b["tuned_y"])
     # a resume that changes lookahead is refused (the queries differ)
     with pytest.raises(RunMismatchError, match="lookahead"):
         run_session(make(), bright_env(60), straight, eval_every=0, progress=False)
