@@ -254,7 +254,7 @@ class PAPA:
         c = self.cfg
         if not c.fewer_base_queries or c.paired_replies or not len(self.tuned_y):
             return c.base_queries
-        like_rate = float((self.tuned_y[-c.reply_baseline :] > 0).float().mean())
+        like_rate = float((self.tuned_y > 0).float().mean())  # the last reply_baseline (learn keeps no more)
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
