@@ -132,12 +132,12 @@ PRESETS: dict[str, PAPAConfig] = {
     "authors-mc": PAPAConfig(),
     # PAPA: 2 Adam steps per interaction at 10x the authors' lr, each on 10 new + 22 replayed replies x 4 timesteps
     "papa": PAPAConfig(lr=1e-4, timesteps_per_image=4, updates_per_interaction=2, replay=22, dislike_margin=0.5),
-    # EPAPA: k = 300, 10 new + 54 replayed replies x 1 timestep (128 rows, half of PAPA's), a reply baseline, half the
-    # queries from the frozen base, a 67x anchor, queries from a tail average of the weights (decay 0.95 after 30),
-    # 2 more steps while under half of the last 50 replies are likes (a rare taste, or early), fewer base-model
-    # queries once over half of the tuned model's own are liked (one at 90%)
-    "epapa": PAPAConfig(lr=1e-4, k=300, model_coef=0.6, timesteps_per_image=1, updates_per_interaction=2, replay=54,
-                        reply_baseline=50, catch_up_updates=2, dislike_margin=0.5, base_queries=5,
+    # EPAPA: k = 300, 4 Adam steps per interaction, each on 10 new + 22 replayed replies x 1 timestep (128 rows in all,
+    # half of PAPA's), a reply baseline, half the queries from the frozen base, a 67x anchor, queries from a tail
+    # average of the weights (decay 0.95 after 30), 4 more steps while under half of the last 50 replies are likes (a
+    # rare taste, or early), fewer base-model queries once over half of the tuned model's own are liked (one at 90%)
+    "epapa": PAPAConfig(lr=1e-4, k=300, model_coef=0.6, timesteps_per_image=1, updates_per_interaction=4, replay=22,
+                        reply_baseline=50, catch_up_updates=4, dislike_margin=0.5, base_queries=5,
                         fewer_base_queries=True, ema_decay=0.95, ema_start=30),
 }
 # fmt: on
