@@ -179,14 +179,11 @@ def sample_many(
 
     The same images as ``[sample(u, n, generator=generator, ...) for u, n in zip(unets, counts)]`` in that
     order: every stream's x_T and step noise is drawn from ``generator`` first, in the order those calls draw
-    them, then ``len(unets)`` threads, each with ``torch.get_num_threads() // len(unets)`` intra-op threads,
-    denoise them. The images are shared out evenly: all of them in stream order, cut into ``len(unets)``
-    consecutive runs of (nearly) equal length, so counts (9, 1) run as 5 tuned images in one thread and 4 tuned
-    + 1 base in the other, not 9 against 1 (each image's denoising is its own: a row of a batch does not depend on
-    the others). A batch of 5 images keeps 2 cores only ~55% busy, so two such streams (EPAPA's tuned queries and
-    its base-model queries, ``PAPAConfig.base_queries``) take ~0.65x the time of one after the other. Equal bit for
-    bit to the sequential calls at one thread; with more, the float rounding is that of fewer threads and other
-    batch sizes (differences ~1e-6). Falls back to the sequential calls when
+    them, then each model denoises its batch in a thread of its own with ``torch.get_num_threads() //
+    len(unets)`` intra-op threads. A batch of 5 images keeps 2 cores only ~55% busy, so two such streams
+    (EPAPA's tuned queries and its base-model queries, ``PAPAConfig.base_queries``) take ~0.65x the time of
+    one after the other. Equal bit for bit to the sequential calls at one thread; with more, each stream's
+    float rounding is that of fewer threads (differences ~1e-6). Falls back to the sequential calls when
     there are fewer intra-op threads than models, or for samplers that draw their own noise (DDPM, where
     diffusers' step takes no noise argument).
 
@@ -208,43 +205,31 @@ def sample_many(
         kw = dict(sampler=sampler, num_steps=num_steps, eta=eta, generator=generator)
         return [sample(u, n, **kw) for u, n in zip(unets, counts)]
     sched = make_sampling_scheduler(sampler, num_steps)
-    streams: list[tuple[torch.Tensor, list[torch.Tensor]]] = []  # per model: x_T (n, C, H, W), step noise
+    streams: list[list[tuple[torch.Tensor, list[torch.Tensor]]]] = []
     for u, n in zip(unets, counts):  # all the randomness first, in the order of the sequential calls
-        xs, zs = [], []
+        batches = []
         for start in range(0, n, _BATCH):  # as sample() splits n
             shape = (min(_BATCH, n - start), *_image_shape(u))
-            xs.append(torch.randn(shape, generator=generator))
-            zs.append(_draw_noise(shape, sampler, eta, num_steps, generator))
-        streams.append((torch.cat(xs), [torch.cat(step) for step in zip(*zs)]))
+            batches.append(
+                (torch.randn(shape, generator=generator), _draw_noise(shape, sampler, eta, num_steps, generator))
+            )
+        streams.append(batches)
     modes = [u.training for u in unets]
     for u in unets:  # in this thread: models may share submodules (EPAPA's tuned queries also run the base)
         u.eval()
-    workers = len(unets)
-    per_thread = max(1, threads // workers)
-    # the images in stream order, cut into `workers` runs of nearly equal length: worker j denoises rows
-    # [ends[j], ends[j + 1]) of the concatenated streams, as pieces (model, first row, last row + 1)
-    offsets = np.cumsum([0, *counts])
-    ends = [round(j * offsets[-1] / workers) for j in range(workers + 1)]
-    pieces = [
-        [(i, max(a, offsets[i]) - offsets[i], min(b, offsets[i + 1]) - offsets[i])
-         for i in range(len(unets)) if max(a, offsets[i]) < min(b, offsets[i + 1])]
-        for a, b in zip(ends[:-1], ends[1:])
-    ]  # fmt: skip
+    per_thread = max(1, threads // len(unets))
 
-    def run(j: int) -> list[tuple[int, torch.Tensor]]:
+    def run(i: int) -> torch.Tensor:
         torch.set_num_threads(per_thread)  # this worker's own OpenMP setting
-        # each worker its own scheduler copy: diffusers' DDIM step keeps no state between steps, but one
+        # each stream its own scheduler copy: diffusers' DDIM step keeps no state between steps, but one
         # object shared across threads is a trap for whoever changes the sampler
         own = copy.deepcopy(sched)
-        out = []
+        device = next(unets[i].parameters()).device
         with torch.no_grad():
-            for i, lo, hi in pieces[j]:
-                device = next(unets[i].parameters()).device
-                for start in range(lo, hi, _BATCH):
-                    rows = slice(start, min(start + _BATCH, hi))
-                    x, z = streams[i][0][rows].to(device), [n[rows].to(device) for n in streams[i][1]]
-                    out.append((i, _denoise(unets[i], own, x, sampler, eta, None, z).cpu()))
-        return out
+            return torch.cat(
+                [_denoise(unets[i], own, x.to(device), sampler, eta, None, [n.to(device) for n in z]).cpu()
+                 for x, z in streams[i]]
+            )  # fmt: skip
 
     global _POOL, _POOL_WORKERS
     if _POOL is None or _POOL_WORKERS < len(unets):
@@ -253,8 +238,7 @@ def sample_many(
         _POOL = ThreadPoolExecutor(max_workers=len(unets), thread_name_prefix="papa-sample")
         _POOL_WORKERS = len(unets)
     try:
-        done = [piece for f in [_POOL.submit(run, j) for j in range(workers)] for piece in f.result()]
-        return [torch.cat([x for i_, x in done if i_ == i]) for i in range(len(unets))]
+        return [f.result() for f in [_POOL.submit(run, i) for i in range(len(unets))]]
     finally:
         torch.set_num_threads(threads)  # MKL's thread count is process-wide: restore it for this thread
         for u, mode in zip(unets, modes):

@@ -126,31 +126,6 @@ def test_sample_many_runs_the_models_side_by_side_with_the_same_images(two_unets
     assert torch.get_num_threads() == 2 and two_unets[1].training and not two_unets[0].training
 
 
-def test_sample_many_shares_the_images_out_evenly_over_the_threads(two_unets, threads, monkeypatch) -> None:
-    import threading
-
-    import papa_env.diffusion as diffusion
-
-    torch.set_num_threads(2)
-    rows: dict[str, list[int]] = {}
-    denoise = diffusion._denoise
-
-    def spy(unet, sched, x, *args, **kwargs):
-        rows.setdefault(threading.current_thread().name, []).append((two_unets.index(unet), len(x)))
-        return denoise(unet, sched, x, *args, **kwargs)
-
-    monkeypatch.setattr(diffusion, "_denoise", spy)
-    ref, ref_state = _sequential(two_unets, [9, 1], 4, num_steps=4)
-    rows.clear()
-    g = torch.Generator().manual_seed(4)
-    ours = sample_many(two_unets, [9, 1], num_steps=4, generator=g)
-    # 9 tuned + 1 base: 5 tuned images in one thread, 4 tuned and the base's 1 in the other (not 9 against 1)
-    assert sorted(rows.values()) == [[(0, 4), (1, 1)], [(0, 5)]]
-    assert [tuple(x.shape) for x in ours] == [(9, 1, 28, 28), (1, 1, 28, 28)]
-    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ours, ref))  # each image is its own, in order
-    assert torch.equal(g.get_state(), ref_state)
-
-
 def test_sample_many_retires_a_pool_too_small_for_more_models(two_unets, threads) -> None:
     import papa_env.diffusion as diffusion
 
