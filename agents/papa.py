@@ -51,9 +51,6 @@ class PAPAConfig:
     """optimizer steps per interaction, each on all K new queries (None: one pass in batches of batch_size)"""
     replay: int = 0
     """earlier replies, drawn uniformly from all so far, added to each optimizer step"""
-    base_like_replay: int = 0
-    """of the ``replay`` rows, this many drawn from the likes of frozen-base queries (while there are any): the base
-    model's liked images, in its own proportions of the liked classes, stay targets of every step"""
     reply_baseline: int | None = None
     """subtract b, the mean of the last this many signed replies, from each reply: a like counts 1 - b"""
     catch_up_updates: int = 0
@@ -100,8 +97,6 @@ class PAPAConfig:
         rules = [  # (does it hold for a value, what is expected, of which fields)
             (lambda v: v > 0, "> 0", ("lr",)),
             (lambda v: v >= 0, ">= 0", ("pref_coef", "model_coef", "replay", "ema_start", "base_queries")),
-            (lambda v: v == 0 or 0 < v <= self.replay and self.base_queries > 0, ">= 0, <= replay, and 0 without "
-             "base_queries", ("base_like_replay",)),
             (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step")),
             (lambda v: v is None or v >= self.queries_per_step, ">= queries_per_step or None", ("pool_size",)),
             (lambda v: v in SELECTORS, f"one of {SELECTORS}", ("selector",)),
@@ -241,7 +236,6 @@ class PAPA:
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
-        self.buffer_base_like = torch.zeros(0, dtype=torch.bool)  # with base_like_replay: a like of a base query
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
@@ -264,8 +258,7 @@ class PAPA:
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
-        wanted = self.cfg.fewer_base_queries or self.cfg.base_like_replay
-        return {"source": self.shown_source} if wanted and self.shown_source is not None else {}
+        return {"source": self.shown_source} if self.cfg.fewer_base_queries and self.shown_source is not None else {}
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
@@ -308,12 +301,8 @@ class PAPA:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
-        known = self.shown_source is not None and len(self.shown_source) == len(y)
-        from_base = torch.as_tensor(self.shown_source) == 1 if known else torch.zeros(len(y), dtype=torch.bool)
-        if self.cfg.base_like_replay:
-            self.buffer_base_like = torch.cat([self.buffer_base_like, (from_base & (y.cpu() > 0))[y.cpu() != 0]])
-        if self.cfg.fewer_base_queries and known:
-            tuned = y.cpu()[~from_base]
+        if self.cfg.fewer_base_queries and self.shown_source is not None and len(self.shown_source) == len(y):
+            tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
             self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
         self.shown_source = None
         return stats
@@ -324,14 +313,9 @@ class PAPA:
             for start in range(0, len(x0), self.cfg.batch_size):
                 yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
             return
-        base_likes = self.buffer_base_like.nonzero().flatten().to(self.device)
-        n_base = self.cfg.base_like_replay if len(base_likes) else 0
         for _ in range((self.cfg.updates_per_interaction or 1) + extra):
             if self.cfg.replay and len(self.buffer_y):
-                idx = torch.randint(len(self.buffer_y), (self.cfg.replay - n_base,), generator=self.generator)
-                if n_base:  # the base model's likes as standing targets (base_like_replay)
-                    pick = torch.randint(len(base_likes), (n_base,), generator=self.generator)
-                    idx = torch.cat([base_likes[pick], idx])
+                idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
                 yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
             else:
                 yield x0, y
@@ -349,7 +333,7 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "buffer_base_like": self.buffer_base_like.clone(), **ema}  # fmt: skip
+                **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -358,7 +342,6 @@ class PAPA:
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         self.selector.load_state_dict(state["selector"])
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
-        self.buffer_base_like = state.get("buffer_base_like", torch.zeros(0, dtype=torch.bool))  # and base_like_replay
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

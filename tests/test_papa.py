@@ -319,31 +319,6 @@ def test_fewer_base_queries_once_the_tuned_models_own_queries_are_liked(tiny_une
     assert off.base_count() == 5 and off.proposal_state() == {}  # off: the constant, nothing more persisted
 
 
-def test_base_like_replay_keeps_the_base_models_likes_in_every_step(tiny_unet) -> None:
-    agent = _agent(tiny_unet, updates_per_interaction=3, replay=6, base_like_replay=2, base_queries=5)
-    gen = torch.Generator().manual_seed(0)
-    queries = agent.propose(gen)
-    source = agent.proposal_state()["source"]  # persisted with the replies: which model drew each query
-    first_base = int(np.flatnonzero(source == 1)[0])
-    agent.learn(queries, np.where(np.arange(10) == first_base, 1, -1))  # one like, on a base-model query
-    assert agent.buffer_base_like.tolist() == (np.arange(10) == first_base).tolist()
-    steps = list(agent._batches(torch.as_tensor(queries), -torch.ones(10)))
-    assert len(steps) == 3
-    for xb, yb in steps:  # K new rows, then the 2 base-model likes, then 4 drawn from all replies
-        assert xb.shape[0] == 16 and torch.equal(xb[10:12], torch.as_tensor(queries[[first_base] * 2]))
-        assert yb[10:12].tolist() == [1.0, 1.0]
-    assert agent.state_dict()["buffer_base_like"].tolist() == agent.buffer_base_like.tolist()
-    tuned_only = _agent(tiny_unet, updates_per_interaction=1, replay=6, base_like_replay=2, base_queries=5)
-    queries = tuned_only.propose(gen)
-    tuned_only.learn(queries, np.where(tuned_only.proposal_state()["source"] == 0, 1, -1))  # likes on tuned queries
-    assert not tuned_only.buffer_base_like.any()  # no base-model like yet: the replay draws from all replies
-    ((xb, _),) = tuned_only._batches(torch.as_tensor(queries), torch.ones(10))
-    assert xb.shape[0] == 16
-    for bad in ({"replay": 6}, {"replay": 1, "base_queries": 5}):
-        with pytest.raises(ValueError, match="base_like_replay must be >= 0, <= replay, and 0 without base_queries"):
-            PAPAConfig(base_like_replay=2, **bad)
-
-
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     def moved_agent(base_queries: int) -> PAPA:
         agent = _agent(tiny_unet, base_queries=base_queries)
