@@ -10,7 +10,9 @@ Prints and writes (runs/benchmarks/base_quality_<dataset>_<sampler><steps>.json)
 * each class's share of the samples (the bar: every class in [0.05, 0.15]);
 * Frechet distance in the judge's feature space between the samples and held-out test images, next to the
   same distance between training and test images (what a perfect model would score at this sample size);
-* agreement of the user's classifier with the judge on the samples.
+* agreement of the user's classifier with the judge on the samples, and per classifier taste of the user suite how
+  far the judge's like-rate can follow the user on such samples (``papa_env.metrics.judge_ceiling``): among the
+  samples the user likes, and among those it is sure of, the share the judge also calls liked.
 """
 
 from __future__ import annotations
@@ -24,11 +26,24 @@ import torch
 
 from papa_env.data import class_names, load_dataset
 from papa_env.diffusion import DEFAULT_ETA, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER, sample
-from papa_env.metrics import embed, frechet_distance, judge
+from papa_env.metrics import embed, frechet_distance, judge, judge_ceiling
 from papa_env.models import load_model, load_pretrained
 from papa_env.viz import save_grid
 
 BARS = {"mnist": 0.90, "fashion-mnist": 0.75}
+ENVS = {"mnist": "PAPA-MNIST-v0", "fashion-mnist": "PAPA-FashionMNIST-v0"}  # the suite's classifier users' envs
+
+
+def suite_ceilings(dataset: str, user, judged) -> dict:
+    """:func:`judge_ceiling` for each classifier taste of both halves of the user suite on ``dataset``."""
+    from papa_env.suite import make_suite
+
+    out = {}
+    for half in ("tuning", "held-out"):
+        for t in make_suite(half):
+            if t.env == ENVS[dataset] and t.liked:
+                out[f"{t.name} ({half})"] = judge_ceiling(user, judged, t.liked)
+    return out
 
 
 def measure(
@@ -77,6 +92,7 @@ def measure(
         frechet_judge_train_vs_test=frechet_distance(f_train, f_test),
         test_confident_fraction=judge(judge_net, test_x).confident_fraction(0.9),
         user_judge_agreement=float((rep.labels == user.labels).float().mean()),
+        judge_ceiling=suite_ceilings(dataset, user, rep),
         sampling_seconds=secs,
         images=images,
     )
@@ -125,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{r['frechet_judge_train_vs_test']:.2f})"
     )
     print(f"  user classifier agrees with judge on {r['user_judge_agreement']:.3f} of samples")
+    print("  judge like-rate where the user likes / is sure (>= 0.9), per suite taste:")
+    for name, c in r["judge_ceiling"].items():
+        print(f"    {name:36s} {c['given_liked']:.3f} of {c['n_liked']:4d}   {c['given_sure']:.3f} of {c['n_sure']:4d}")
     print(f"  wrote {out / (tag + '.json')} and {out / (tag + '.png')}")
     return r
 

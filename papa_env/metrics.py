@@ -18,11 +18,13 @@ class JudgeReport(NamedTuple):
         labels: (N,) int64 predicted classes.
         confidence: (N,) float32 max softmax probability.
         class_shares: (num_classes,) float64 fraction of images predicted as each class.
+        probabilities: (N, num_classes) float32 softmax.
     """
 
     labels: torch.Tensor
     confidence: torch.Tensor
     class_shares: np.ndarray
+    probabilities: torch.Tensor | None = None
 
     def confident_fraction(self, threshold: float = 0.9) -> float:
         """Fraction of images whose confidence is >= threshold."""
@@ -36,7 +38,28 @@ def judge(classifier: torch.nn.Module, images: torch.Tensor, batch_size: int = 5
     probs = torch.cat([classifier(images[i : i + batch_size]).softmax(-1) for i in range(0, len(images), batch_size)])
     conf, labels = probs.max(-1)
     shares = np.bincount(labels.numpy(), minlength=probs.shape[1]) / len(labels)
-    return JudgeReport(labels, conf, shares)
+    return JudgeReport(labels, conf, shares, probs)
+
+
+def judge_ceiling(user: JudgeReport, judged: JudgeReport, liked: tuple[int, ...], sure: float = 0.9) -> dict:
+    """How far the judge's like-rate can follow a classifier user with taste ``liked`` on images like these (both
+    reports of the same images): ``given_liked``, the share of the images the user likes (its arg-max class is liked,
+    the authors' rule) that the judge also puts in a liked class; ``given_sure``, the same among the images the user
+    is sure of (probability >= ``sure`` on the liked classes), and ``n_liked`` / ``n_sure``, how many there were
+    (a share is nan when none). A model that draws what this user likes, as the base draws it, is judged at about
+    ``given_liked``; one that draws only what the user is sure of, at about ``given_sure``."""
+    if user.probabilities is None or len(user.labels) != len(judged.labels):
+        raise ValueError("expected the user's report with its probabilities and the judge's, of the same images")
+    mask = torch.zeros(user.probabilities.shape[1], dtype=torch.bool)
+    mask[list(liked)] = True
+    judge_liked = mask[judged.labels]
+    user_liked, user_sure = mask[user.labels], user.probabilities[:, mask].sum(-1) >= sure
+
+    def share(rows: torch.Tensor) -> float:
+        return float(judge_liked[rows].float().mean()) if bool(rows.any()) else float("nan")
+
+    return {"given_liked": share(user_liked), "n_liked": int(user_liked.sum()), "given_sure": share(user_sure),
+            "n_sure": int(user_sure.sum())}  # fmt: skip
 
 
 @torch.no_grad()

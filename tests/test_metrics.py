@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from papa_env.metrics import frechet_distance, judge
+from papa_env.metrics import JudgeReport, frechet_distance, judge, judge_ceiling
 
 
 def test_frechet_matches_closed_form_for_diagonal_gaussians() -> None:
@@ -38,3 +38,27 @@ def test_judge_report() -> None:
     assert rep.labels.tolist() == [2, 2, 2, 7]
     assert rep.class_shares[2] == 0.75 and rep.class_shares[7] == 0.25 and rep.class_shares.sum() == 1
     assert rep.confident_fraction(0.9) == 0.75
+    assert torch.allclose(rep.probabilities.sum(-1), torch.ones(4))
+    assert rep.probabilities.argmax(-1).tolist() == [2, 2, 2, 7]
+
+
+def _report(probs: list[list[float]]) -> JudgeReport:
+    p = torch.tensor(probs)
+    conf, labels = p.max(-1)
+    return JudgeReport(labels, conf, np.bincount(labels.numpy(), minlength=p.shape[1]) / len(p), p)
+
+
+def test_judge_ceiling_follows_the_user_where_it_likes_and_where_it_is_sure() -> None:
+    # 3 classes, the user likes {0}; its arg-max is liked on images 0-3, sure (>= 0.9 on class 0) on 0 and 1 only
+    user = _report([[0.95, 0.05, 0], [0.9, 0, 0.1], [0.6, 0.4, 0], [0.5, 0.2, 0.3], [0.1, 0.9, 0], [0.2, 0, 0.8]])
+    judged = _report([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]])  # judge's labels 0 0 1 2 0 1
+    assert judge_ceiling(user, judged, (0,)) == {"given_liked": 0.5, "n_liked": 4, "given_sure": 1.0, "n_sure": 2}
+    both = judge_ceiling(user, judged, (0, 1))  # the user likes all but image 5; the judge calls 0, 1, 2, 4 liked
+    assert both["n_liked"] == 5 and both["given_liked"] == pytest.approx(0.8)
+    assert both["n_sure"] == 4 and both["given_sure"] == 1.0  # image 3 has 0.7 on {0, 1}: liked, not sure
+    nobody = judge_ceiling(user, judged, (2,))  # the user's arg-max is never class 2: no share to give
+    assert nobody["n_liked"] == 1 and nobody["n_sure"] == 0 and np.isnan(nobody["given_sure"])
+    with pytest.raises(ValueError, match="probabilities"):
+        judge_ceiling(user._replace(probabilities=None), judged, (0,))
+    with pytest.raises(ValueError, match="of the same images"):
+        judge_ceiling(user, _report([[1, 0, 0]]), (0,))

@@ -95,6 +95,10 @@ def test_base_quality_measures_with_the_shipped_or_a_given_judge(tiny_unet, data
     user = load_pretrained("mnist-classifier")
     r2 = base_quality.measure("mnist", tiny_unet, n=20, steps=2, data_root=str(data_root), judge_net=user)
     assert r2["user_judge_agreement"] == 1.0 and torch.equal(r2["images"], r["images"])
+    # the judge's like-rate where the user likes, per classifier taste of the suite: 1 when the judge is the user
+    assert "mnist-3 (tuning)" in r["judge_ceiling"] and "mnist-9 (held-out)" in r["judge_ceiling"]
+    assert not any(name.startswith(("fashion", "style")) for name in r["judge_ceiling"])
+    assert all(c["given_liked"] == 1.0 for c in r2["judge_ceiling"].values() if c["n_liked"])
     save_model(user, tmp_path / "candidate.safetensors")
     args = ["--n", "20", "--steps", "2", "--judge", str(tmp_path / "candidate.safetensors")]
     out = base_quality.main([*args, "--out", str(tmp_path), "--data-root", str(data_root)])
