@@ -243,12 +243,37 @@ def run_many(
         raise ValueError(f"unknown backend {backend!r}; expected 'local' or 'ray'")
     if workers <= 1:
         return [run_one(s, root, given) for s in specs]
+    return in_processes(run_one, [(s, root, threads) for s in specs], workers)
+
+
+def in_processes(fn, calls: list[tuple], workers: int) -> list[Any]:
+    """``[fn(*args) for args in calls]`` in ``workers`` spawned processes, results in order. Stopped (an error, Ctrl-C,
+    or SIGTERM to this process: ``kill <pid>``), it ends its workers too instead of leaving them to finish the queued
+    calls (a session's folder resumes from its last checkpoint either way)."""
     import multiprocessing as mp
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, s, root, threads) for s in specs]
-        return [f.result() for f in futures]
+    def stop(signum, frame):  # SIGTERM -> SystemExit in the main thread: the except below runs
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(fn, *args) for args in calls]
+        results = [f.result() for f in futures]
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # the pool's own workers, still running
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    pool.shutdown()
+    return results
 
 
 def _run_packed(spec: SessionSpec, root: str, threads: int, pack: bool) -> tuple[dict[str, Any], bytes | None]:

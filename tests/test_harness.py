@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +91,48 @@ def test_workers_run_sessions_in_processes_with_the_same_results(tmp_path, tiny_
         harness.main([*args, "--workers", "0", "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="no weights file"):
         harness.main([*args, "--model", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")])
+
+
+def _alive_children(pid: int) -> set[int]:
+    """Running (not zombie) processes whose parent is ``pid``, from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_processes_keep_the_order_of_the_calls() -> None:
+    assert harness.in_processes(pow, [(2, 3), (3, 2), (2, 0)], 2) == [8, 9, 1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_stopped_run_ends_its_worker_processes() -> None:
+    # `kill <pid>` of a suite run: its workers must not go on running the queued sessions
+    script = "import time; from papa_env.harness import in_processes; in_processes(time.sleep, [(60,)] * 6, 2)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while len(children := _alive_children(parent.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + tracker
+        time.sleep(0.2)
+    assert len(children) >= 2, "the workers did not start"
+    time.sleep(1.0)  # let them pick up their first call
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in children), "worker processes outlived the stopped run"
 
 
 def test_a_reused_session_stands_only_for_its_own_agent_seed_and_taste() -> None:
