@@ -265,7 +265,7 @@ def in_processes(fn, calls: list[tuple], workers: int) -> list[Any]:
         futures = [pool.submit(fn, *args) for args in calls]
         results = [f.result() for f in futures]
     except BaseException:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):  # the pool's own workers, still running
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # the pool's workers, still running
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
