@@ -270,8 +270,8 @@ def in_processes(fn, calls: list[tuple], workers: int) -> list[Any]:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        if main:  # None: a handler installed outside Python, which cannot be put back from here
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     pool.shutdown()
     return results
 
