@@ -84,6 +84,8 @@ class PAPAConfig:
     extrapolate: float = 1.0
     """queries and samples come from base + extrapolate x (tuned - base): > 1 carries them further along what the
     replies taught, at no training or sampling cost (weight extrapolation, ExPO: arXiv 2404.16792)"""
+    extrapolate_only_behind: bool = False
+    """``extrapolate`` only while the catch-up rule holds (under ``catch_up_below`` of the recent replies are likes)"""
     queries_per_step: int = 10
     """K, queries per interaction (must match the env's)"""
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -300,7 +302,6 @@ class PAPA:
             stats.update({key: stats[key] + v for key, v in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES]))})
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
-        self._refresh_sampled()
         if self.features is not None:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
@@ -309,7 +310,13 @@ class PAPA:
             tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
             self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
         self.shown_source = None
+        self._refresh_sampled()
         return stats
+
+    def _behind(self) -> bool:
+        """Under ``catch_up_below`` of the last ``reply_baseline`` signed replies are likes."""
+        recent = self.buffer_y[-(self.cfg.reply_baseline or 1) :]
+        return bool(len(recent)) and float((recent > 0).float().mean()) < self.cfg.catch_up_below
 
     @torch.no_grad()
     def _refresh_sampled(self) -> None:
@@ -321,7 +328,7 @@ class PAPA:
             self.ema.copy_to(self.sampled.parameters())
         else:
             self.sampled.load_state_dict(self.unet.state_dict())
-        if self.cfg.extrapolate != 1:
+        if self.cfg.extrapolate != 1 and (not self.cfg.extrapolate_only_behind or self._behind()):
             for p, p_base in zip(self.sampled.parameters(), self.base.parameters()):
                 p.copy_(torch.lerp(p_base, p, self.cfg.extrapolate))  # base + g (tuned - base)
 

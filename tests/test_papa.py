@@ -275,6 +275,12 @@ def test_extrapolate_samples_from_the_base_plus_g_times_what_was_learned_and_sur
     with_ema.learn(q, REPLIES)  # update 1: the average is the latest weights, then carried twice as far
     expected = [2 * t - b for t, b in zip(_weights(with_ema.unet), _weights(with_ema.base))]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(with_ema.sampled), expected))
+    only_behind = _agent(tiny_unet, extrapolate=2.0, extrapolate_only_behind=True, reply_baseline=10)
+    only_behind.learn(q, np.ones(10))  # all liked: not behind, the sampled weights are the tuned ones
+    assert all(torch.equal(a, b) for a, b in zip(_weights(only_behind.sampled), _weights(only_behind.unet)))
+    only_behind.learn(q, -np.ones(10))  # none of the last 10 liked: behind, carried twice as far
+    expected = [2 * t - b for t, b in zip(_weights(only_behind.unet), _weights(only_behind.base))]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(only_behind.sampled), expected))
 
 
 def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_when_all_are_liked(tiny_unet) -> None:
