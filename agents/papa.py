@@ -81,11 +81,6 @@ class PAPAConfig:
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
     """the moving average takes only the optimizer updates after this many (a tail average)"""
-    extrapolate: float = 1.0
-    """queries and samples come from base + extrapolate x (tuned - base): > 1 carries them further along what the
-    replies taught, at no training or sampling cost (weight extrapolation, ExPO: arXiv 2404.16792)"""
-    extrapolate_only_behind: bool = False
-    """``extrapolate`` only while the catch-up rule holds (under ``catch_up_below`` of the recent replies are likes)"""
     queries_per_step: int = 10
     """K, queries per interaction (must match the env's)"""
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -117,7 +112,6 @@ class PAPAConfig:
              "base_queries", ("fewer_base_queries",)),
             (lambda v: 0 <= v <= 1, "in [0, 1]", ("catch_up_below",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
-            (lambda v: v > 0, "> 0", ("extrapolate",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
             (lambda v: v in ("ddim", "ddpm"), "'ddim' or 'ddpm'", ("sampler",)),
@@ -232,7 +226,6 @@ class PAPA:
         if config.ema_decay is not None:  # diffusers' update_after_step: the latest weights until then, no warm-up
             self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, min_decay=config.ema_decay,
                                 update_after_step=config.ema_start)  # fmt: skip
-        if config.ema_decay is not None or config.extrapolate != 1:
             self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
         self.sampling = dict(sampler=config.sampler, num_steps=config.num_sampling_steps, eta=config.eta)
@@ -302,6 +295,8 @@ class PAPA:
             stats.update({key: stats[key] + v for key, v in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES]))})
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()
+        if self.ema is not None:
+            self.ema.copy_to(self.sampled.parameters())
         if self.features is not None:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
@@ -310,27 +305,7 @@ class PAPA:
             tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
             self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
         self.shown_source = None
-        self._refresh_sampled()
         return stats
-
-    def _behind(self) -> bool:
-        """Under ``catch_up_below`` of the last ``reply_baseline`` signed replies are likes."""
-        recent = self.buffer_y[-(self.cfg.reply_baseline or 1) :]
-        return bool(len(recent)) and float((recent > 0).float().mean()) < self.cfg.catch_up_below
-
-    @torch.no_grad()
-    def _refresh_sampled(self) -> None:
-        """The sampled weights from the tuned ones: their moving average (``ema_decay``), carried ``extrapolate``
-        times as far from the base."""
-        if self.sampled is self.unet:
-            return
-        if self.ema is not None:
-            self.ema.copy_to(self.sampled.parameters())
-        else:
-            self.sampled.load_state_dict(self.unet.state_dict())
-        if self.cfg.extrapolate != 1 and (not self.cfg.extrapolate_only_behind or self._behind()):
-            for p, p_base in zip(self.sampled.parameters(), self.base.parameters()):
-                p.copy_(torch.lerp(p_base, p, self.cfg.extrapolate))  # base + g (tuned - base)
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
         """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
@@ -369,4 +344,4 @@ class PAPA:
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self._refresh_sampled()
+            self.ema.copy_to(self.sampled.parameters())

@@ -184,7 +184,6 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"ema_decay": 1.0},
         {"ema_decay": 0.0},
         {"ema_start": -1},
-        {"extrapolate": 0.0},
         {"sampler": "euler"},
         {"num_sampling_steps": 0},
     ],
@@ -257,30 +256,6 @@ def test_ema_samples_from_a_tail_average_of_the_trained_weights_and_survives_a_r
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(resumed.sampled), _weights(agent.sampled)))
     latest = _agent(tiny_unet, updates_per_interaction=1)  # the authors': sample from the latest weights
     assert latest.model() is latest.sampled is latest.unet is latest.policy
-
-
-def test_extrapolate_samples_from_the_base_plus_g_times_what_was_learned_and_survives_a_resume(tiny_unet) -> None:
-    agent = _agent(tiny_unet, extrapolate=2.0, updates_per_interaction=1, k=300)
-    assert agent.policy.tuned is agent.sampled is not agent.unet
-    q = agent.propose(torch.Generator().manual_seed(0))
-    agent.learn(q, REPLIES)
-    base, tuned = _weights(agent.base), _weights(agent.unet)
-    assert not all(torch.equal(a, b) for a, b in zip(base, tuned))  # it learned
-    expected = [2 * t - b for t, b in zip(tuned, base)]  # base + 2 (tuned - base); training stays at the tuned
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(agent.sampled), expected))
-    resumed = _agent(tiny_unet, extrapolate=2.0, updates_per_interaction=1, k=300)
-    resumed.load_state_dict(copy.deepcopy(agent.state_dict()))
-    assert all(torch.equal(a, b) for a, b in zip(_weights(resumed.sampled), _weights(agent.sampled)))
-    with_ema = _agent(tiny_unet, extrapolate=2.0, ema_decay=0.5, updates_per_interaction=1)
-    with_ema.learn(q, REPLIES)  # update 1: the average is the latest weights, then carried twice as far
-    expected = [2 * t - b for t, b in zip(_weights(with_ema.unet), _weights(with_ema.base))]
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(with_ema.sampled), expected))
-    only_behind = _agent(tiny_unet, extrapolate=2.0, extrapolate_only_behind=True, reply_baseline=10)
-    only_behind.learn(q, np.ones(10))  # all liked: not behind, the sampled weights are the tuned ones
-    assert all(torch.equal(a, b) for a, b in zip(_weights(only_behind.sampled), _weights(only_behind.unet)))
-    only_behind.learn(q, -np.ones(10))  # none of the last 10 liked: behind, carried twice as far
-    expected = [2 * t - b for t, b in zip(_weights(only_behind.unet), _weights(only_behind.base))]
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(only_behind.sampled), expected))
 
 
 def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_when_all_are_liked(tiny_unet) -> None:
