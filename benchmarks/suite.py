@@ -5,7 +5,7 @@
     python -m benchmarks.suite --quick                                               # 3 tastes, 20 replies
 
 The tastes, the halves and why the held-out one is never tuned on: :mod:`papa_env.suite`. The report
-(``suite.md``) and its columns: :mod:`papa_env.harness`.
+(``table.md``) and its columns: :mod:`papa_env.harness`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Writes under ``<out>/<tag>``: ``results.jsonl`` (every session: its spec, evalua
 :func:`papa_env.evaluation.session_metrics`), ``table.csv`` (numeric columns) and ``table.md`` (like-rate at each
 evaluation, mean and 95% CI over seeds; class shares, confidence, seconds per interaction at the end),
 ``welch.md`` (PAPA / EPAPA vs every other agent: Welch's t-test), ``like_rate.png`` and ``final_samples.png``; with
-``--suite``, ``suite.md`` (per taste group and per taste: like-rate at 50 / 100 / 200 / 300, the worst taste,
+``--suite``, ``table.md`` (per taste group and per taste: like-rate at 50 / 100 / 200 / 300, the worst taste,
 replies to 0.9, the liked share of what the user was shown, confidence, relative balance, collapse flags) and
 ``like_rate_groups.png``. ``oracle-best-of-n`` reads the user's true taste: a ceiling, not a legal agent; the
 references (``base``, the ceiling) ask the user nothing: one evaluation, reported at both ends of the budget.
@@ -560,7 +560,7 @@ def write_outputs(results: list[dict], root: Path, title: str, suite: bool = Fal
         for r in results:
             f.write(json.dumps(r) + "\n")
     if suite:
-        (root / "suite.md").write_text(f"# {title}\n\n" + suite_tables(results))
+        (root / "table.md").write_text(f"# {title}\n\n" + suite_tables(results))
         _group_plot(results, root / "like_rate_groups.png", title)
         return []
     rows = table(results)
@@ -870,7 +870,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if a.suite:
             first = [next(s for s in first if s.taste == t) for t in dict.fromkeys(s.taste for s in first)]
         final_grid(first, root, f"{tag}: samples after {a.budget} replies (seed 0)", root / "final_samples.png")
-    report = root / ("suite.md" if a.suite else "table.md")
+    report = root / "table.md"
     print(report.read_text())
     if (root / "welch.md").exists() and not a.suite:
         print((root / "welch.md").read_text())

@@ -199,7 +199,7 @@ def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path, ti
     args += ["--model", tiny_model_file]
     harness.main([*args, "--no-grid", "--out", str(tmp_path)])
     root = tmp_path / "suite-tuning-quick"
-    report = (root / "suite.md").read_text()
+    report = (root / "table.md").read_text()
     assert "| mnist |" in report and "| style |" in report and "| noisy |" in report and "| all |" in report
     results = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
     assert len({r["taste"] for r in results}) == 3 and (root / "like_rate_groups.png").exists()
