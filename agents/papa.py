@@ -63,10 +63,6 @@ class PAPAConfig:
     and ``catch_up_updates`` always apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
-    dislike_redirect: float = 0.0
-    """the share of a disliked query's reply term that pulls it toward a liked image instead of pushing it away: its
-    noised x_t is denoised toward a like drawn at random from the frozen base's queries (so the mass taken from a
-    disliked image goes to the taste in the base's proportions, not to its nearest liked neighbours); 0: push only"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
     fewer_base_queries: bool = False
@@ -115,8 +111,6 @@ class PAPAConfig:
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
              "base_queries", ("fewer_base_queries",)),
             (lambda v: 0 <= v <= 1, "in [0, 1]", ("catch_up_below",)),
-            (lambda v: v == 0 or 0 < v <= 1 and self.base_queries > 0, "in [0, 1], and 0 without base_queries (its "
-             "targets are the base model's liked queries)", ("dislike_redirect",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
@@ -167,7 +161,7 @@ def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -
 
 def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor,
               noise: torch.Tensor, cfg: PAPAConfig, reply_weight: torch.Tensor | None = None, backward: bool = False,
-              chunk: int = 250, targets: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+              chunk: int = 250) -> dict[str, Any]:  # fmt: skip
     """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries:
     ``{"loss", "losses/pref", "losses/model"}`` as floats, and with ``backward=False`` the graph as ``"tensor"``.
 
@@ -179,8 +173,6 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             the anchor and the dislike bound still follow the sign ``y``.
         backward: accumulate gradients chunk by chunk instead of returning a graph; chunk: rows per forward pass
             (bounds memory, not the result).
-        targets: (B, 1, 28, 28) with ``cfg.dislike_redirect``: the liked image each disliked query is pulled toward
-            (NaN: none; that query is only pushed).
     """
     b, m = timesteps.shape
     abar, w = (v.to(x0.device) for v in noise_schedule())
@@ -203,12 +195,6 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             err = torch.where(y[i] < 0, torch.minimum(err, cap), err)
         pref = cfg.pref_coef * r[i] * scale * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
-        if targets is not None and cfg.dislike_redirect:  # 5b. a disliked row's share pulled toward its liked target
-            share = cfg.dislike_redirect * ((y[i] < 0) & ~targets[i].isnan().flatten(1).any(1)).float()
-            a = abar[t].view(-1, 1, 1, 1)
-            eps_to = (x_t - a.sqrt() * targets[i].nan_to_num()) / (1 - a).sqrt()  # the eps taking the target to x_t
-            pull = cfg.pref_coef * r[i].abs() * scale * w[t] * ((eps_hat - eps_to) ** 2).mean((1, 2, 3))
-            pref = (1 - share) * pref + share * pull
         anchor = ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor else torch.zeros_like(pref)
         model = cfg.model_coef * liked[i] * (1.0 / m) * anchor  # 6. model_coef [y=+1] ||eps_theta - eps_base||^2 / m
         chunk_loss = (pref.sum() + model.sum()) / b  # 7. summed over rows, averaged over the B queries
@@ -249,7 +235,6 @@ class PAPA:
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
-        self.base_likes = torch.zeros(0)  # with dislike_redirect: the liked queries the frozen base drew
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
 
@@ -273,8 +258,7 @@ class PAPA:
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
-        keep = self.cfg.fewer_base_queries or self.cfg.dislike_redirect
-        return {"source": self.shown_source} if keep and self.shown_source is not None else {}
+        return {"source": self.shown_source} if self.cfg.fewer_base_queries and self.shown_source is not None else {}
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
@@ -301,13 +285,8 @@ class PAPA:
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
-            targets = None
-            if self.cfg.dislike_redirect and len(self.base_likes):  # a random base-model like per row
-                pick = torch.randint(len(self.base_likes), (len(xb),), generator=self.generator)
-                targets = self.base_likes[pick].to(self.device)
             self.opt.zero_grad(set_to_none=True)
-            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True,
-                            targets=targets)  # fmt: skip
+            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
             self.opt.step()
             if self.ema is not None:
@@ -322,11 +301,7 @@ class PAPA:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
-        from_base = self.shown_source is not None and len(self.shown_source) == len(y)
-        if self.cfg.dislike_redirect and from_base:
-            liked_base = (torch.as_tensor(self.shown_source) == 1) & (y.cpu() > 0)
-            self.base_likes = torch.cat([self.base_likes.view(-1, *x0.shape[1:]), x0.cpu()[liked_base]])
-        if self.cfg.fewer_base_queries and from_base:
+        if self.cfg.fewer_base_queries and self.shown_source is not None and len(self.shown_source) == len(y):
             tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
             self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
         self.shown_source = None
@@ -358,7 +333,7 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "base_likes": self.base_likes.clone(), **ema}  # fmt: skip
+                **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -366,7 +341,6 @@ class PAPA:
         self.generator.set_state(state["generator"])
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         self.selector.load_state_dict(state["selector"])
-        self.base_likes = state.get("base_likes", torch.zeros(0))  # absent from checkpoints of before dislike_redirect
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

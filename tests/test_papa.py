@@ -292,52 +292,6 @@ def test_catch_up_updates_apply_only_while_few_recent_replies_are_likes(tiny_une
     assert rows(common, catch_up_updates=3, paired_replies=True) == 5 * rows_per_step  # pairs: like-rate unknown
 
 
-def test_dislike_redirect_pulls_a_disliked_query_toward_its_liked_target() -> None:
-    """A disliked row's share ``dislike_redirect`` of the reply term regresses toward the eps that would make its x_t
-    from the liked target; a row without a target (NaN) is only pushed; likes are untouched."""
-    x0 = torch.stack([torch.full((1, 28, 28), 0.5), torch.full((1, 28, 28), -0.25), torch.full((1, 28, 28), 0.1)])
-    noise = torch.stack([torch.full((1, 28, 28), v) for v in (1.0, -2.0, 0.3)])
-    targets = torch.stack([torch.full((1, 28, 28), 0.8), torch.full((1, 28, 28), -0.9), torch.full((1, 28, 28), 0.0)])
-    targets[2] = float("nan")
-    y, ts = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([[400], [700], [500]])
-    cfg = PAPAConfig(model_coef=0.0, timesteps_per_image=1, base_queries=1, dislike_redirect=0.75)
-    unet, base = Linear(0.5), Linear(0.2)
-    out = papa_loss(unet, base, x0, y, ts, noise, cfg, targets=targets)
-
-    w, abar = elbo_weights(make_scheduler()).double(), make_scheduler().alphas_cumprod.double()
-    expected = 0.0
-    for i, t in enumerate(ts[:, 0].tolist()):
-        xt = abar[t].sqrt() * x0[i, 0, 0, 0].double() + (1 - abar[t]).sqrt() * noise[i, 0, 0, 0].double()
-        push = 0.1 * y[i].item() * 1000 * w[t] * (0.5 * xt - noise[i, 0, 0, 0].double()) ** 2
-        if i == 1:  # disliked with a target: a quarter pushed, three quarters pulled
-            eps_to = (xt - abar[t].sqrt() * targets[i, 0, 0, 0].double()) / (1 - abar[t]).sqrt()
-            push = 0.25 * push + 0.75 * 0.1 * 1000 * w[t] * (0.5 * xt - eps_to) ** 2
-        expected += push
-    assert out["loss"] == pytest.approx(float(expected / 3), rel=1e-5)
-    without = papa_loss(unet, base, x0, y, ts, noise, cfg)  # no targets: every dislike pushed, as before
-    assert without["loss"] == pytest.approx(
-        papa_loss(unet, base, x0, y, ts, noise, replace(cfg, dislike_redirect=0))["loss"]
-    )
-    with pytest.raises(ValueError, match="dislike_redirect must be in"):
-        PAPAConfig(dislike_redirect=0.5)  # no base-model queries: no targets
-
-
-def test_dislike_redirect_targets_are_the_base_models_liked_queries(tiny_unet, tmp_path) -> None:
-    agent = _agent(tiny_unet, base_queries=4, dislike_redirect=0.5)
-    gen = torch.Generator().manual_seed(0)
-    queries = agent.propose(gen)
-    source = agent.proposal_state()["source"]
-    replies = np.where(np.arange(10) % 2 == 0, 1, -1)  # every other query liked
-    before = [p.clone() for p in agent.unet.parameters()]
-    agent.learn(queries, replies)
-    kept = (source == 1) & (replies > 0)
-    assert 0 < kept.sum() < 4 and torch.equal(agent.base_likes, torch.as_tensor(queries[kept]))
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
-    again = _agent(tiny_unet, base_queries=4, dislike_redirect=0.5)
-    again.load_state_dict(agent.state_dict())  # kept across a resume
-    assert torch.equal(again.base_likes, agent.base_likes)
-
-
 def test_fewer_base_queries_once_the_tuned_models_own_queries_are_liked(tiny_unet) -> None:
     agent = _agent(tiny_unet, reply_baseline=10, base_queries=5, fewer_base_queries=True)
     gen = torch.Generator().manual_seed(0)
