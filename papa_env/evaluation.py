@@ -80,7 +80,11 @@ def liked_classes(env) -> tuple[int, ...] | None:
 
 
 def collapse_report(
-    records: list[dict], max_share: float = 0.6, tolerance: float = 0.05, liked: tuple[int, ...] | None = None
+    records: list[dict],
+    max_share: float = 0.6,
+    tolerance: float = 0.05,
+    liked: tuple[int, ...] | None = None,
+    reference: dict[int, float] | None = None,
 ) -> list[str]:
     """Signs of collapse in a session's evaluations (empty list: none).
 
@@ -91,13 +95,20 @@ def collapse_report(
     balance goal of the user suite: a 26% / 74% split the base model already has is not crowding) at two
     evaluations in a row (one dip of a 100-sample evaluation is within its noise), or a class the user does not
     like holds more than ``max_share``; with one liked class, only a disliked class holding more than ``max_share``
-    (the liked one taking every sample is the goal).
+    (the liked one taking every sample is the goal). ``reference``: the base's class shares measured on a larger
+    sample (:func:`base_class_shares`) instead of records[0]'s (see :func:`relative_balance`).
     """
     problems = []
     key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     shares = liked is not None and bool(records) and f"eval/class_share/{liked[0]}" in records[0]
-    low = [shares and len(liked) > 1 and (b := relative_balance(records, liked, at=i)) is not None and b < 0.5
-           for i in range(len(records))]  # fmt: skip
+    low = [
+        i > 0
+        and shares
+        and len(liked) > 1
+        and (b := relative_balance(records, liked, i, reference)) is not None
+        and b < 0.5
+        for i in range(len(records))
+    ]  # fmt: skip  (the first evaluation is the base: never crowded)
     best = -1.0
     for i, r in enumerate(records):
         if not shares:
@@ -109,7 +120,7 @@ def collapse_report(
                 problems.append(f"{r['replies']} replies: class {top.rsplit('/', 1)[1]}, not liked, holds "
                                 f"{r[top]:.0%} of samples")  # fmt: skip
             if i and low[i - 1] and low[i]:
-                balance = relative_balance(records, liked, at=i)
+                balance = relative_balance(records, liked, i, reference)
                 problems.append(f"{r['replies']} replies: a liked class at {balance:.2f} of its base share")
         if r[key] < best - tolerance:
             problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
@@ -117,14 +128,21 @@ def collapse_report(
     return problems
 
 
-def relative_balance(records: list[dict], liked: tuple[int, ...], at: int = -1) -> float | None:
+def relative_balance(
+    records: list[dict], liked: tuple[int, ...], at: int = -1, reference: dict[int, float] | None = None
+) -> float | None:
     """The smallest ratio, over the liked classes, of a class's share among the liked samples at evaluation ``at``
-    to its share among the liked samples before learning (records[0]): 1 keeps the base model's proportions, 0.5
-    means a liked class fell to half of its share. None with fewer than 2 liked classes, no class shares, or no liked
-    sample before learning."""
+    to its share among the base model's liked samples: 1 keeps the base model's proportions, 0.5 means a liked class
+    fell to half of its share. The base's shares are ``reference`` (class -> share of the base's samples, from
+    :func:`base_class_shares`) or else the first evaluation's (records[0], before learning) — a 100-sample estimate
+    whose noise alone pulls the minimum down (``benchmarks/balance_noise.py``). None with fewer than 2 liked
+    classes, no class shares, or no liked sample from the base."""
     if len(liked) < 2 or f"eval/class_share/{liked[0]}" not in records[0]:
         return None
-    base = np.array([records[0][f"eval/class_share/{c}"] for c in liked])
+    if reference is not None:
+        base = np.array([reference.get(c, 0.0) for c in liked])
+    else:
+        base = np.array([records[0][f"eval/class_share/{c}"] for c in liked])
     now = np.array([records[at][f"eval/class_share/{c}"] for c in liked])
     if base.sum() <= 0:
         return None  # the base drew no liked sample: no share to keep
@@ -134,11 +152,33 @@ def relative_balance(records: list[dict], liked: tuple[int, ...], at: int = -1) 
     return float(min(n / b for n, b in zip(now, base) if b > 0))
 
 
-def session_metrics(records: list[dict], liked: tuple[int, ...] | None = None, target: float = 0.9) -> dict[str, Any]:
+def base_class_shares(
+    unet: torch.nn.Module, judge_net: torch.nn.Module, n: int = 2000, seed: int = 0, batch: int = 500, **sampling: Any
+) -> dict[int, float]:
+    """The judge's class shares of ``n`` samples of a (base) model: the reference of :func:`relative_balance`, drawn
+    in batches of ``batch`` with the default sampler unless ``sampling`` (sampler, num_steps, eta) says otherwise."""
+    from papa_env.diffusion import sample
+
+    if n < 1:
+        raise ValueError(f"base_class_shares needs n >= 1 samples, got {n!r}")
+    gen, counts = torch.Generator().manual_seed(seed), np.zeros(10)
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            images = sample(unet, min(batch, n - start), generator=gen, **sampling)
+            counts += np.bincount(judge(judge_net, images).labels.numpy(), minlength=10)[:10]
+    return {c: float(v / n) for c, v in enumerate(counts)}
+
+
+def session_metrics(
+    records: list[dict],
+    liked: tuple[int, ...] | None = None,
+    target: float = 0.9,
+    reference: dict[int, float] | None = None,
+) -> dict[str, Any]:
     """What the user suite reports of one session (issue 22): like-rate at every evaluation, replies to first reach
     ``target`` (feedback efficiency; None if never), the liked share of what the user was shown, judge confidence
-    before and after, the relative balance of the liked classes at the end (:func:`relative_balance`) and collapse
-    flags."""
+    before and after, the relative balance of the liked classes at the end (:func:`relative_balance`, against
+    ``reference`` when given) and collapse flags."""
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     reached = [r["replies"] for r in records if r[key] >= target]
     return {
@@ -148,8 +188,8 @@ def session_metrics(records: list[dict], liked: tuple[int, ...] | None = None, t
         "target": target,
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "judge_confidence": [records[0]["eval/judge_confidence"], records[-1]["eval/judge_confidence"]],
-        "relative_balance": relative_balance(records, liked) if liked else None,
-        "collapse": collapse_report(records, liked=liked),
+        "relative_balance": relative_balance(records, liked, reference=reference) if liked else None,
+        "collapse": collapse_report(records, liked=liked, reference=reference),
     }
 
 

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,7 +468,13 @@ def welch_tests(results: list[dict], against: tuple[str, ...] = PAPA_AGENTS) -> 
 
 def suite_tables(results: list[dict], target: float = 0.9) -> str:
     """The user suite's report (markdown): per agent and taste group, then per taste."""
-    out = []
+    refs = Counter(r["metrics"]["balance_reference"] for r in results if "balance_reference" in r.get("metrics", {}))
+    out = [
+        "Relative balance: the smallest ratio, over a taste's liked classes, of a class's share of the liked samples "
+        "to its share of the base model's liked samples, those measured on "
+        + ", ".join(f"{ref} ({n} sessions)" for ref, n in refs.items())
+        + ".\n"
+    ] if refs else []  # fmt: skip
     checkpoints = (50, 100, 200, 300)
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
@@ -679,15 +686,64 @@ def not_reused(specs: list[SessionSpec], reused: list[dict]) -> list[SessionSpec
     return [s for s in specs if (s.label, s.seed, s.taste or "") not in have]
 
 
-def rescore(results: list[dict], liked: dict[str, tuple[int, ...] | None]) -> None:
-    """Reused suite sessions scored again from their evaluations by today's :func:`session_metrics` (a metric
-    redefined since they ran applies to them too); ``liked``: the liked classes by taste name."""
+def rescore(
+    results: list[dict],
+    liked: dict[str, tuple[int, ...] | None],
+    references: dict[tuple[str, str], dict[int, float]] | None = None,
+    label: str = "base samples",
+) -> None:
+    """Suite sessions scored (again) from their evaluations by today's :func:`session_metrics` (a metric redefined
+    since they ran applies to them too); ``liked``: the liked classes by taste name; ``references``: the base's class
+    shares by (env id, model) from :func:`balance_references`, for sessions whose agent samples as the reference did
+    (``label`` says which in each session's metrics)."""
     from papa_env.evaluation import session_metrics
 
     for r in results:
         if r.get("taste") in liked:
-            r["metrics"] = session_metrics(r["records"], liked[r["taste"]])
+            ref = (references or {}).get(_reference_key(r)) if _samples_by_default(r) else None
+            r["metrics"] = session_metrics(r["records"], liked[r["taste"]], reference=ref)
+            if len(liked[r["taste"]] or ()) > 1:  # a balance to read: say against what
+                r["metrics"]["balance_reference"] = label if ref is not None else "first evaluation"
             r["collapse"] = r["metrics"]["collapse"]
+
+
+def _reference_key(result: dict) -> tuple[str, str]:
+    spec = result.get("spec") or {}
+    return spec.get("env", ""), spec.get("model", "")
+
+
+def _samples_by_default(result: dict) -> bool:
+    """Whether a session's agent draws its samples with the default sampler (the reference's): not the faithful
+    presets (1000-step DDPM), no sampling override."""
+    spec = result.get("spec") or {}
+    sampling = {"sampler", "num_sampling_steps", "eta"} & set(spec.get("overrides") or {})
+    return bool(spec) and spec.get("agent") not in ("faithful", "faithful-epapa") and not sampling
+
+
+def balance_references(results: list[dict], n: int, root: Path) -> dict[tuple[str, str], dict[int, float]]:
+    """The judge's class shares of ``n`` samples of each (env id, base model) the suite's sessions started from
+    (:func:`papa_env.evaluation.base_class_shares`): a precise reference for the relative balance, where the first
+    100-sample evaluation's noise alone pulls the balance of a perfectly balanced model to 0.64-0.84
+    (``benchmarks/balance_noise.py``). Cached in ``root / base_reference.json`` by env, model, weights and n."""
+    import gymnasium as gym
+
+    import papa_env  # noqa: F401  (registers the ids)
+    from papa_env.evaluation import base_class_shares
+    from papa_env.models import load_model, load_pretrained, weights_sha256
+
+    cache_path = root / "base_reference.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    out = {}
+    for env_id, model in dict.fromkeys(_reference_key(r) for r in results if r.get("spec")):
+        env = gym.make(env_id).unwrapped
+        unet = load_model(model) if model else load_pretrained(env.base_model)
+        key = f"{env_id}|{model}|{weights_sha256(unet)}|{n}"
+        if key not in cache:
+            cache[key] = base_class_shares(unet, load_pretrained(f"{env.dataset}-judge"), n=n)
+            root.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        out[(env_id, model)] = {int(c): v for c, v in cache[key].items()}
+    return out
 
 
 def load_reused(path: str, seeds: int, budget: int, eval_every: int) -> list[dict]:
@@ -784,6 +840,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --backend ray: a running cluster's address ('auto': the one this machine is in); "
         "default: a local Ray with --workers x threads CPUs",
     )
+    p.add_argument(
+        "--balance-reference",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="with --suite: the base model's class shares for the relative balance come from N samples of it "
+        "(drawn once, cached; --quick: 100), not from the first evaluation's; 0: the first evaluation's",
+    )
     p.add_argument("--no-grid", action="store_true", help="skip the final samples grid")
     return p
 
@@ -797,9 +861,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.workers < 1:
         p.error(f"--workers must be >= 1, got {a.workers}")
     if a.quick:  # quick values for the flags left at their defaults
-        for flag, value in dict(seeds=1, budget=20, eval_every=10, eval_samples=50).items():
+        for flag, value in dict(seeds=1, budget=20, eval_every=10, eval_samples=50, balance_reference=100).items():
             if getattr(a, flag) == p.get_default(flag):
                 setattr(a, flag, value)
+    if a.balance_reference < 0:
+        p.error(f"--balance-reference must be >= 0 samples, got {a.balance_reference}")
     if a.budget < 10 or a.budget % 10:
         p.error(f"--budget must be a positive multiple of 10, got {a.budget}")
     one_user = [f"--{k.replace('_', '-')}" for k in ("env", "preference", "oracle", "mistake_rate") if getattr(a, k)]
@@ -859,11 +925,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     root = Path(a.out) / tag
     reused = load_reused(a.reuse, a.seeds, a.budget, a.eval_every) if a.reuse else []
-    if a.suite:
-        rescore(reused, {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]})
     todo = not_reused(specs, reused)
     done = run_many(todo, root, a.workers, a.backend, a.address, a.threads)
     results = _ordered([*reused, *done])
+    if a.suite:  # every session scored by today's metrics, the balance against the base's shares on many samples
+        liked = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+        balanced = [r for r in results if len(liked.get(r["taste"]) or ()) > 1]  # the sessions with a balance
+        refs = balance_references(balanced, a.balance_reference, root) if a.balance_reference else None
+        rescore(results, liked, refs, f"{a.balance_reference} base samples")
     rows = write_outputs(results, root, tag, suite=bool(a.suite))
     if not a.no_grid:
         first = [s for s in todo if s.seed == 0]

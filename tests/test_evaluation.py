@@ -77,6 +77,34 @@ def test_session_metrics_on_hand_made_records() -> None:
     assert never["shown_like_rate"] is None and len(never["collapse"]) == 1  # 0.5 -> 0.4 fell; one class is the goal
 
 
+def test_relative_balance_against_a_reference_measured_on_more_base_samples() -> None:
+    from papa_env.evaluation import relative_balance
+
+    # the first evaluation drew one 7 and nine 9s; the base's shares on many samples say 7 is a third of its likes
+    records = [_record(0, 0.10, {7: 0.01, 9: 0.09}), _record(100, 0.9, {7: 0.12, 9: 0.78})]
+    assert relative_balance(records, (7, 9)) == pytest.approx((0.78 / 0.9) / 0.9)  # against one 7: 7 looks fine
+    reference = {7: 0.05, 9: 0.10, 3: 0.85}
+    assert relative_balance(records, (7, 9), reference=reference) == pytest.approx((0.12 / 0.9) / (1 / 3))
+    assert collapse_report(records, liked=(7, 9), reference=reference) == []  # once under 0.5 is not a flag
+    records.append(_record(200, 0.9, {7: 0.1, 9: 0.8}))
+    flagged = collapse_report(records, liked=(7, 9), reference=reference)
+    assert flagged == ["200 replies: a liked class at 0.33 of its base share"]
+    assert collapse_report(records, liked=(7, 9)) == []  # against the one-sample reference: 7 still looks fine
+
+
+def test_base_class_shares_counts_the_judges_labels_of_the_models_samples(tiny_unet) -> None:
+    from papa_env.evaluation import base_class_shares
+    from papa_env.models import load_pretrained
+
+    judge_net = load_pretrained("mnist-judge")
+    shares = base_class_shares(tiny_unet, judge_net, n=30, batch=8, num_steps=4)
+    assert set(shares) == set(range(10)) and sum(shares.values()) == pytest.approx(1.0)
+    assert all(v * 30 == pytest.approx(round(v * 30)) for v in shares.values())  # counts of 30 samples
+    assert base_class_shares(tiny_unet, judge_net, n=30, batch=8, num_steps=4) == shares  # seeded
+    with pytest.raises(ValueError, match="n >= 1"):
+        base_class_shares(tiny_unet, judge_net, n=0)
+
+
 def test_collapse_report_reads_crowding_against_the_base_when_the_liked_classes_are_known() -> None:
     """A split the base model already has is not crowding (Fashion-MNIST {7, 9}: 26% / 74% of the base's liked
     samples), a liked class crowded out is, and so is a disliked class taking most samples."""

@@ -166,6 +166,14 @@ def test_reused_suite_sessions_are_scored_again_by_todays_metrics() -> None:
     harness.rescore([old, other], {"fashion-7-9": (7, 9)})
     assert old["collapse"] == [] and old["metrics"]["relative_balance"] == pytest.approx((0.21 / 0.96) / (0.05 / 0.19))
     assert other["collapse"] == stale  # a taste it does not know: left as it was
+    # against the base's shares on many samples (7: 0.3 of the liked), for sessions sampled as the reference was
+    spec = {"env": "PAPA-FashionMNIST-v0", "model": "", "agent": "epapa", "overrides": {}}
+    refs = {("PAPA-FashionMNIST-v0", ""): {7: 0.06, 9: 0.14, 0: 0.8}}
+    plain, faithful = ({**old, "spec": {**spec, **change}} for change in ({}, {"agent": "faithful"}))
+    harness.rescore([plain, faithful], {"fashion-7-9": (7, 9)}, refs, "2000 base samples")
+    assert plain["metrics"]["relative_balance"] == pytest.approx((0.21 / 0.96) / 0.3)
+    assert plain["metrics"]["balance_reference"] == "2000 base samples"
+    assert faithful["metrics"]["balance_reference"] == "first evaluation"  # 1000-step DDPM: not the reference's sampler
 
 
 @pytest.mark.slow
@@ -205,6 +213,13 @@ def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path, ti
     assert len({r["taste"] for r in results}) == 3 and (root / "like_rate_groups.png").exists()
     style = next(r for r in results if r["group"] == "style")
     assert style["metrics"]["metric"] == "like_rate_oracle" and style["metrics"]["relative_balance"] is None
+    # the balance's reference: the tiny base model's class shares on 100 samples (--quick), cached once per env
+    two = next(r for r in results if r["taste"] == "mnist-2-3+mistakes0.15")  # the one taste with a balance
+    assert two["metrics"]["balance_reference"] == "100 base samples" and "100 base samples (1 sessions)" in report
+    assert all("balance_reference" not in r["metrics"] for r in results if r is not two)
+    cached = json.loads((root / "base_reference.json").read_text())
+    assert list(cached)[0].startswith("PAPA-MNIST-v0|") and len(cached) == 1
+    assert all(sum(shares.values()) == pytest.approx(1.0) for shares in cached.values())
 
 
 def test_a_finished_session_with_other_settings_is_refused(tmp_path) -> None:
