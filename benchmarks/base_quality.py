@@ -10,6 +10,9 @@ Prints and writes (runs/benchmarks/base_quality_<dataset>_<sampler><steps>.json)
 * each class's share of the samples (the bar: every class in [0.05, 0.15]);
 * Frechet distance in the judge's feature space between the samples and held-out test images, next to the
   same distance between training and test images (what a perfect model would score at this sample size);
+* each class's mean judge confidence, and with ``--suite-results`` (a suite's results.jsonl) per taste the base's
+  confidence at the class mix each session ended with: a taste of classes the judge is less sure of (Fashion's coat,
+  shirt, pullover) ends below the base's overall confidence without any loss of quality;
 * agreement of the user's classifier with the judge on the samples, and per classifier taste of the user suite how
   far the judge's like-rate can follow the user on such samples (``papa_env.metrics.judge_ceiling``): among the
   samples the user likes, and among those it is sure of, the share the judge also calls liked.
@@ -22,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from papa_env.data import class_names, load_dataset
@@ -86,6 +90,10 @@ def measure(
         confident_fraction=rep.confident_fraction(0.9),
         mean_confidence=float(rep.confidence.mean()),
         class_shares=[round(float(s), 4) for s in rep.class_shares],
+        class_confidence=[
+            float(rep.confidence[rep.labels == c].mean()) if (rep.labels == c).any() else None
+            for c in range(len(rep.class_shares))
+        ],  # fmt: skip
         min_class_share=float(rep.class_shares.min()),
         max_class_share=float(rep.class_shares.max()),
         frechet_judge=frechet_distance(f_samples, f_test),
@@ -96,6 +104,25 @@ def measure(
         sampling_seconds=secs,
         images=images,
     )
+
+
+def confidence_at_class_mix(results: list[dict], dataset: str, class_confidence: list, overall: float) -> dict:
+    """Per suite taste on ``dataset``: the sessions' judge confidence at the start and end, and the base's confidence
+    at each session's end class mix (its per-class confidences weighted by the end's class shares), also scaled by
+    the first evaluation's confidence over ``overall`` (the suite's 100 evaluation samples are one draw)."""
+    conf = np.array([np.nan if c is None else c for c in class_confidence])
+    out: dict = {}
+    for r in results:
+        if r["spec"]["env"].replace("-Style", "") != ENVS[dataset]:  # the Style users draw from the MNIST model
+            continue
+        first, end = r["records"][0], r["records"][-1]
+        mix = np.array([end[f"eval/class_share/{c}"] for c in range(len(conf))])
+        known = ~np.isnan(conf)
+        matched = float((mix[known] * conf[known]).sum() / mix[known].sum())
+        row = (first["eval/judge_confidence"], end["eval/judge_confidence"], matched,
+               matched * first["eval/judge_confidence"] / overall)  # fmt: skip
+        out.setdefault(r["taste"], []).append(row)
+    return {t: [float(v) for v in np.mean(rows, 0)] for t, rows in out.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,7 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/benchmarks")
+    p.add_argument(
+        "--suite-results", default=None, help="a suite's results.jsonl: confidence at each taste's class mix"
+    )
     a = p.parse_args(argv)
+    if a.suite_results and not Path(a.suite_results).is_file():
+        p.error(f"--suite-results {a.suite_results} is not a file")
     unet = load_model(a.model) if a.model else load_pretrained(f"{a.dataset}-ddpm")
     judge_net = load_model(a.judge) if a.judge else None
     r = measure(a.dataset, unet, a.n, a.sampler, a.steps, a.eta, a.seed, a.data_root, judge_net)
@@ -144,6 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
     print("  judge like-rate where the user likes / is sure (>= 0.9), per suite taste:")
     for name, c in r["judge_ceiling"].items():
         print(f"    {name:36s} {c['given_liked']:.3f} of {c['n_liked']:4d}   {c['given_sure']:.3f} of {c['n_sure']:4d}")
+    print("    mean confidence per class: " + "  ".join(
+        f"{names[c]}={v:.3f}" for c, v in enumerate(r["class_confidence"]) if v is not None))  # fmt: skip
+    if a.suite_results:
+        results = [json.loads(line) for line in Path(a.suite_results).read_text().splitlines()]
+        r["confidence_at_class_mix"] = mix = confidence_at_class_mix(
+            results, a.dataset, r["class_confidence"], r["mean_confidence"]
+        )
+        print(
+            "  | taste | judge conf. start (the base) | end | the base at the end's class mix | scaled to the start |"
+        )
+        print("  |---|---|---|---|---|")
+        for taste, (start, end, matched, scaled) in mix.items():
+            print(f"  | {taste} | {start:.3f} | {end:.3f} | {matched:.3f} | {scaled:.3f} |")
+        (out / f"{tag}.json").write_text(json.dumps({**r, **named}, indent=2))
     print(f"  wrote {out / (tag + '.json')} and {out / (tag + '.png')}")
     return r
 

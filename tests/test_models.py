@@ -99,9 +99,35 @@ def test_base_quality_measures_with_the_shipped_or_a_given_judge(tiny_unet, data
     assert "mnist-3 (tuning)" in r["judge_ceiling"] and "mnist-9 (held-out)" in r["judge_ceiling"]
     assert not any(name.startswith(("fashion", "style")) for name in r["judge_ceiling"])
     assert all(c["given_liked"] == 1.0 for c in r2["judge_ceiling"].values() if c["n_liked"])
+    conf = r["class_confidence"]
+    assert len(conf) == 10 and all(v is None or 0.1 <= v <= 1 for v in conf)  # max-softmax of 10 classes >= 0.1
     save_model(user, tmp_path / "candidate.safetensors")
     args = ["--n", "20", "--steps", "2", "--judge", str(tmp_path / "candidate.safetensors")]
     out = base_quality.main([*args, "--out", str(tmp_path), "--data-root", str(data_root)])
     assert out["user_judge_agreement"] == 1.0
     written = json.loads(next(tmp_path.glob("base_quality_mnist_ddim2_eta1_judge-candidate.json")).read_text())
     assert written["judge"].endswith("candidate.safetensors") and written["model"] == "mnist-ddpm"
+
+
+def test_base_confidence_at_a_sessions_end_class_mix() -> None:
+    """A session that ends on the classes the judge is less sure of is compared with the base on those classes."""
+    from benchmarks.base_quality import confidence_at_class_mix
+
+    def session(env, taste, end_shares, start_conf=0.9, end_conf=0.7):
+        shares = lambda d: {f"eval/class_share/{c}": d.get(c, 0.0) for c in range(10)}  # noqa: E731
+        records = [{"eval/judge_confidence": start_conf, **shares({c: 0.1 for c in range(10)})},
+                   {"eval/judge_confidence": end_conf, **shares(end_shares)}]  # fmt: skip
+        return {"spec": {"env": env}, "taste": taste, "records": records}
+
+    class_conf = [0.6, 0.8, None, *[0.9] * 7]  # class 2 never drawn by the base: left out of the mix
+    results = [session("PAPA-FashionMNIST-v0", "fashion-0-1", {0: 0.5, 1: 0.4, 2: 0.1}),
+               session("PAPA-FashionMNIST-v0", "fashion-0-1", {0: 0.9, 1: 0.1}, end_conf=0.65),
+               session("PAPA-MNIST-v0", "mnist-0", {0: 1.0})]  # fmt: skip
+    mix = confidence_at_class_mix(results, "fashion-mnist", class_conf, overall=0.8)
+    assert list(mix) == ["fashion-0-1"]  # the MNIST session is another dataset's
+    start, end, matched, scaled = mix["fashion-0-1"]
+    expected = ((0.5 * 0.6 + 0.4 * 0.8) / 0.9 + (0.9 * 0.6 + 0.1 * 0.8)) / 2
+    assert (start, end) == pytest.approx((0.9, 0.675)) and matched == pytest.approx(expected)
+    assert scaled == pytest.approx(expected * 0.9 / 0.8)
+    style = confidence_at_class_mix([session("PAPA-MNIST-Style-v0", "style-thin", {1: 1.0})], "mnist", class_conf, 0.8)
+    assert style["style-thin"][2] == pytest.approx(0.8)  # the Style users draw from the MNIST model
