@@ -68,6 +68,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tin
         (["--suite", "tuning", "--env", "PAPA-MNIST-v0"], "--env choose one user; --suite tuning runs its own"),
         (["--suite", "held-out", "--preference", "[3]", "--mistake-rate", "0.1"], "--preference, --mistake-rate"),
         (["--tastes", "mnist-3"], "--tastes picks tastes of --suite"),
+        (["--suite", "tuning", "--balance-reference", "-1"], "--balance-reference must be >= 0 samples, got -1"),
     ],
 )
 def test_suite_and_one_user_flags_are_refused_together(argv, match, tmp_path, capsys) -> None:
