@@ -111,6 +111,7 @@ def test_base_quality_measures_with_the_shipped_or_a_given_judge(tiny_unet, data
 
 def test_base_confidence_at_a_sessions_end_class_mix() -> None:
     """A session that ends on the classes the judge is less sure of is compared with the base on those classes."""
+    from benchmarks import base_quality
     from benchmarks.base_quality import confidence_at_class_mix
 
     def session(env, taste, end_shares, start_conf=0.9, end_conf=0.7):
@@ -131,3 +132,5 @@ def test_base_confidence_at_a_sessions_end_class_mix() -> None:
     assert scaled == pytest.approx(expected * 0.9 / 0.8)
     style = confidence_at_class_mix([session("PAPA-MNIST-Style-v0", "style-thin", {1: 1.0})], "mnist", class_conf, 0.8)
     assert style["style-thin"][2] == pytest.approx(0.8)  # the Style users draw from the MNIST model
+    with pytest.raises(SystemExit):  # refused before any sampling
+        base_quality.main(["--suite-results", "no-such-results.jsonl"])
