@@ -490,7 +490,7 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             f"replies to {target} (median)",
             "shown liked",
             "judge conf. start -> end",
-            "relative balance (min)",
+            "relative balance mean (min)",
             "collapse flags",
         ]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -506,7 +506,7 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             f"replies to {target}",
             "shown liked",
             "conf. start -> end",
-            "balance",
+            "balance mean (min)",
             "flags",
         ]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -521,11 +521,17 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             cells.append(_mean_of([r["metrics"]["shown_like_rate"] for r in rs]))
             conf = np.mean([r["metrics"]["judge_confidence"] for r in rs], 0)
             cells.append(f"{conf[0]:.3f} -> {conf[1]:.3f}")
-            cells.append(_mean_of([r["metrics"]["relative_balance"] for r in rs], min))
+            cells.append(_balance_cell(rs))
             cells.append(str(sum(bool(r["collapse"]) for r in rs)))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _balance_cell(runs: list[dict]) -> str:
+    """The sessions' relative balance: mean (and the worst session's), "-" for tastes without one."""
+    vals = [r["metrics"]["relative_balance"] for r in runs if r["metrics"]["relative_balance"] is not None]
+    return f"{np.mean(vals):.3f} ({min(vals):.3f})" if vals else "-"
 
 
 def _mean_of(values: list, how=np.mean) -> str:
@@ -551,7 +557,7 @@ def _suite_row(group: str, runs: list[dict], per_taste: dict, checkpoints) -> li
     cells.append(_mean_of([r["metrics"]["shown_like_rate"] for r in runs]))
     conf = np.mean([r["metrics"]["judge_confidence"] for r in runs], 0)
     cells.append(f"{conf[0]:.3f} -> {conf[1]:.3f}")
-    cells.append(_mean_of([r["metrics"]["relative_balance"] for r in runs], min))
+    cells.append(_balance_cell(runs))
     cells.append(f"{sum(bool(r['collapse']) for r in runs)} / {len(runs)}")
     return cells
 

@@ -311,15 +311,18 @@ def test_table_matches_evaluations_by_reply_count_not_position() -> None:
 
 
 def test_suite_report_aggregates_groups_and_finds_the_worst_taste() -> None:
-    def result(taste, group, like300, reach, seed=0):
+    def result(taste, group, like300, reach, seed=0, balance=None):
         return {"agent": "epapa", "taste": taste, "group": group, "seed": seed, "collapse": [],
                 "metrics": {"like_rate": {"0": 0.3, "50": 0.5, "100": 0.8, "200": 0.9, "300": like300},
                             "replies_to_target": reach, "shown_like_rate": 0.7, "judge_confidence": [0.9, 0.92],
-                            "relative_balance": 0.8}}  # fmt: skip
+                            "relative_balance": balance}}  # fmt: skip
 
-    results = [result("a", "mnist", 0.95, 200), result("b", "mnist", 0.85, None), result("c", "style", 0.9, 300)]
+    results = [result("a", "mnist", 0.95, 200, balance=0.8), result("b", "mnist", 0.85, None, balance=0.4),
+               result("c", "style", 0.9, 300)]  # fmt: skip
     report = harness.suite_tables(results)
     assert "| mnist | 2 | 2 | 0.500 | 0.800 | 0.900 | 0.900 | 0.850 (b) | inf |" in report
+    assert "| 0.900 -> 0.920 | 0.600 (0.400) | 0 / 2 |" in report  # balance: the mean, the worst session's
+    assert "| 0.900 -> 0.920 | - | 0 / 1 |" in report  # the style group has none
     assert "| all | 3 | 3 |" in report and "0.850 (b)" in report.split("| all |")[1]
 
 
