@@ -731,7 +731,8 @@ def balance_references(results: list[dict], n: int, root: Path) -> dict[tuple[st
     (:func:`papa_env.evaluation.base_class_shares`): the relative balance's reference. Against the first 100-sample
     evaluation instead, noise alone flags a perfectly balanced model in up to 17% of sessions on 4-5-class tastes,
     and on real tuned models it tracks the truth less well (``benchmarks/results/balance-noise/``). Cached in
-    ``root / base_reference.json`` by env, model, weights and n."""
+    ``root / base_reference.json`` by env, model, weights and n; a base model file missing here gets none (its sessions
+    keep the first evaluation as their reference)."""
     import gymnasium as gym
 
     import papa_env  # noqa: F401  (registers the ids)
@@ -742,6 +743,9 @@ def balance_references(results: list[dict], n: int, root: Path) -> dict[tuple[st
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     out = {}
     for env_id, model in dict.fromkeys(_reference_key(r) for r in results if r.get("spec")):
+        if model and not Path(model).is_file():  # a reused session's base model that is not on this machine
+            print(f"balance of the sessions on {model}: read against their first evaluation (the file is missing)")
+            continue
         env = gym.make(env_id).unwrapped
         unet = load_model(model) if model else load_pretrained(env.base_model)
         key = f"{env_id}|{model}|{weights_sha256(unet)}|{n}"

@@ -177,6 +177,13 @@ def test_reused_suite_sessions_are_scored_again_by_todays_metrics() -> None:
     assert faithful["metrics"]["balance_reference"] == "first evaluation"  # 1000-step DDPM: not the reference's sampler
 
 
+def test_a_reused_sessions_missing_base_model_keeps_the_first_evaluation_as_its_reference(tmp_path, capsys) -> None:
+    spec = {"env": "PAPA-MNIST-v0", "model": str(tmp_path / "gone.safetensors"), "agent": "epapa", "overrides": {}}
+    assert harness.balance_references([{"spec": spec}], 10, tmp_path) == {}
+    assert "first evaluation (the file is missing)" in capsys.readouterr().out
+    assert not (tmp_path / "base_reference.json").exists()
+
+
 @pytest.mark.slow
 def test_reuse_adds_an_agent_to_an_earlier_comparison_without_rerunning_it(tmp_path, tiny_model_file) -> None:
     args = ["--quick", "--seeds", "2", "--budget", "10", "--eval-every", "10", "--eval-samples", "10"]
