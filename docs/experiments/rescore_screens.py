@@ -1,5 +1,6 @@
-"""The lab log's raw screens (docs/experiments/results/suite_tuning_*.jsonl) scored again against the base's class
-shares on 2,000 samples, next to the default's sessions on the same (taste, seed) pairs, under both rulers.
+"""The lab log's raw screens (docs/experiments/results/suite_tuning_*.jsonl) at a glance: like-rate at 100 and 300
+replies, and the balance scored again against the base's class shares on 2,000 samples, next to the default's
+sessions on the same (taste, seed) pairs (the balance under both rulers).
 
     python docs/experiments/rescore_screens.py      # from the repository root; prints a markdown table
 
@@ -25,6 +26,11 @@ def summary(results: list[dict]) -> str:
     return f"{np.mean(balances):.2f}, {sum(bool(r['collapse']) for r in results)}"
 
 
+def like(results: list[dict], at: str) -> str:
+    vals = [r["metrics"]["like_rate"].get(at) for r in results]
+    return f"{np.mean([v for v in vals if v is not None]):.3f}"
+
+
 def scored(results: list[dict], refs: dict | None) -> list[dict]:
     out = copy.deepcopy(results)
     rescore(out, LIKED, refs, "2000 base samples")
@@ -36,16 +42,18 @@ def main() -> None:
     refs = {(key.split("|")[0], ""): {int(c): v for c, v in shares.items()} for key, shares in cache.items()}
     lines = Path("benchmarks/results/suite-tuning/results.jsonl").read_text().splitlines()
     default = {(r["taste"], r["seed"]): r for r in map(json.loads, lines)}
-    print("| screen | sessions | default: balance, flags (first evaluation -> 2,000 base samples) | the screen's arm |")
-    print("|---|---|---|---|")
+    print("| screen | sessions | like@100 default / arm | like@300 | balance, flags: default (first evaluation "
+          "-> 2,000 base samples) | the arm |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for path in sorted(Path("docs/experiments/results").glob("suite_tuning_*.jsonl")):
         arm = [json.loads(line) for line in path.read_text().splitlines()]
         keys = [(r.get("taste"), r.get("seed")) for r in arm]
         if not arm or "records" not in arm[0] or not all(k in default for k in keys):
             continue
         base = [default[k] for k in keys]
+        likes = [f"{like(base, at)} / {like(arm, at)}" for at in ("100", "300")]
         cells = [f"{summary(scored(rs, None))} -> {summary(scored(rs, refs))}" for rs in (base, arm)]
-        print(f"| {path.stem.removeprefix('suite_tuning_')} | {len(arm)} | {cells[0]} | {cells[1]} |")
+        print(f"| {path.stem.removeprefix('suite_tuning_')} | {len(arm)} | {' | '.join(likes + cells)} |")
 
 
 if __name__ == "__main__":
