@@ -99,22 +99,26 @@ def check_sessions(folder: str, base_samples: int, truth_samples: int = 1000) ->
             continue  # no balance to score
         dataset = "fashion-mnist" if "Fashion" in spec["env"] else "mnist"
         base_name = spec.get("model") or f"{dataset}-ddpm"  # the session's base: a file, or the shipped model
-        base, judge_net = load_unet(base_name), load_pretrained(f"{dataset}-judge")
-        if base_name not in refs:
-            refs[base_name] = np.array(list(base_class_shares(base, judge_net, n=base_samples).values()))
+        if base_name not in refs:  # the base, its judge and its shares: once per base model
+            base, judge_net = load_unet(base_name), load_pretrained(f"{dataset}-judge")
+            refs[base_name] = (
+                base,
+                judge_net,
+                np.array(list(base_class_shares(base, judge_net, base_samples).values())),
+            )
+        base, judge_net, base_shares = refs[base_name]
         tuned, kwargs = sampler_of(str(model), base_name)
         n, seed = result["spec"]["eval_samples"], inspect.signature(Evaluator).parameters["seed"].default
         with torch.no_grad():
             first = judge(judge_net, sample_with(base, n, seed, kwargs)).labels.numpy()
             now = judge(judge_net, sample_with(tuned, n, seed, kwargs)).labels.numpy()
-            big = np.concatenate([judge(judge_net, sample_with(tuned, 250, 777 + i, kwargs)).labels.numpy()
-                                  for i in range(max(1, truth_samples // 250))])  # fmt: skip
+        truth = np.array(list(base_class_shares(tuned, judge_net, truth_samples, seed=777, **kwargs).values()))
         kept = np.isin(first, liked[taste])  # the base's liked samples: do they keep their class after learning?
         row = {"session": f"{taste}/{model.parent.name}",
                "kept": float((now[kept] == first[kept]).mean()) if kept.any() else None,
-               "truth": _balance(shares_of(big), refs[base_name], liked[taste]),
+               "truth": _balance(truth, base_shares, liked[taste]),
                "first evaluation": _balance(shares_of(now), shares_of(first), liked[taste]),
-               "base samples": _balance(shares_of(now), refs[base_name], liked[taste])}  # fmt: skip
+               "base samples": _balance(shares_of(now), base_shares, liked[taste])}  # fmt: skip
         rows.append(row)
         cells = ["-" if v is None else f"{v:.2f}" for v in list(row.values())[1:]]
         print(f"| {row['session']} | " + " | ".join(cells) + " |", flush=True)
