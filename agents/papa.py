@@ -63,9 +63,6 @@ class PAPAConfig:
     and ``catch_up_updates`` always apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
-    dislike_floor: int | None = None
-    """a disliked query's timesteps are drawn from [dislike_floor, T) instead of [k, T): it pushes only where the
-    noised image says little about its own class (None: like a liked one)"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
     fewer_base_queries: bool = False
@@ -109,8 +106,6 @@ class PAPAConfig:
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
-            (lambda v: v is None or self.k <= v < T and self.timesteps_per_image, f"in [k, {T}) or None, and None "
-             "with timesteps_per_image=None", ("dislike_floor",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -157,22 +152,10 @@ def reply_signs(replies: np.ndarray | torch.Tensor, full_exploitation: bool) -> 
     return y if full_exploitation else y.clamp_min(0)
 
 
-def timestep_floor(y: torch.Tensor, cfg: PAPAConfig) -> torch.Tensor:
-    """(B,) the smallest timestep of each query's rows: k, or ``dislike_floor`` for a disliked one."""
-    floor = torch.full(y.shape, cfg.k, dtype=torch.long, device=y.device)
-    return floor if cfg.dislike_floor is None else torch.where(y < 0, cfg.dislike_floor, floor)
-
-
-def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator,
-                   y: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """(n_images, m) int64 timesteps in [k, T): m uniform draws per query, or all T - k for the full sum. With
-    ``dislike_floor`` and the reply signs y, a disliked query's are drawn from [dislike_floor, T)."""
+def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -> torch.Tensor:
+    """(n_images, m) int64 timesteps in [k, T): m uniform draws per query, or all T - k for the full sum."""
     if cfg.timesteps_per_image is None:
         return torch.arange(cfg.k, T).expand(n_images, -1)
-    if cfg.dislike_floor is not None and y is not None:
-        lo = timestep_floor(y.cpu(), cfg)[:, None]
-        u = torch.rand(n_images, cfg.timesteps_per_image, generator=generator)
-        return (lo + (u * (T - lo)).long()).clamp_max(T - 1)
     return torch.randint(cfg.k, T, (n_images, cfg.timesteps_per_image), generator=generator)
 
 
@@ -193,8 +176,7 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
     """
     b, m = timesteps.shape
     abar, w = (v.to(x0.device) for v in noise_schedule())
-    floor = timestep_floor(y, cfg).to(x0.device)  # k, or dislike_floor for a disliked query's rows
-    scale = (T - floor) / m  # 1. m uniform draws of t in [floor, T) estimate a sum of T - floor terms (1: full sum)
+    scale = (T - cfg.k) / m  # 1. m uniform draws of t in [k, T) estimate a sum of T - k terms (1 for the full sum)
     rows = shard(b * m)  # this process's rows: all of them, or its share under torchrun (papa_env.distributed)
     rows_img, rows_t = torch.arange(b).repeat_interleave(m)[rows], timesteps.reshape(-1)[rows]
     liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
@@ -212,7 +194,7 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
         if bounded:  # 4. a disliked row stops pushing once its error is (1 + margin) x the base model's
             cap = (1 + cfg.dislike_margin) * ((eps_base - noise[i]) ** 2).mean((1, 2, 3))
             err = torch.where(y[i] < 0, torch.minimum(err, cap), err)
-        pref = cfg.pref_coef * r[i] * scale[i] * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
+        pref = cfg.pref_coef * r[i] * scale * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
         anchor = ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor else torch.zeros_like(pref)
         model = cfg.model_coef * liked[i] * (1.0 / m) * anchor  # 6. model_coef [y=+1] ||eps_theta - eps_base||^2 / m
         chunk_loss = (pref.sum() + model.sum()) / b  # 7. summed over rows, averaged over the B queries
@@ -300,7 +282,7 @@ class PAPA:
         for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
-            timesteps = draw_timesteps(len(xb), self.cfg, self.generator, yb).to(self.device)
+            timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
             self.opt.zero_grad(set_to_none=True)

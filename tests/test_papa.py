@@ -11,7 +11,7 @@ import torch
 from helpers import Linear, ToyEval, bright_env
 
 from papa_env.agents.papa import PAPA, PRESETS, PAPAConfig, draw_timesteps, papa_loss, reply_signs
-from papa_env.diffusion import SwitchedUNet, elbo_weights, noise_schedule, q_sample, sample
+from papa_env.diffusion import SwitchedUNet, elbo_weights, sample
 from papa_env.models import make_scheduler
 from papa_env.session import run_session
 
@@ -79,34 +79,6 @@ def test_monte_carlo_estimate_is_unbiased(tiny_unet) -> None:
         mean, sem = np.mean(values), np.std(values) / np.sqrt(len(values))
         print(f"{key}: full sum {full[key]:.5f}; MC mean {mean:.5f} +- {sem:.5f}")
         assert full[key] > 0 and abs(mean - full[key]) < 4 * sem + 1e-6
-
-
-def test_dislike_floor_draws_a_disliked_querys_timesteps_above_it_and_scales_to_their_sum() -> None:
-    """With ``dislike_floor`` a disliked query's rows lie in [floor, T) and estimate the reply term's sum over those
-    timesteps only (scale (T - floor) / m); a liked query's keep [k, T). Checked against the sums by hand."""
-    cfg = PAPAConfig(k=100, dislike_floor=600, timesteps_per_image=4, model_coef=0.0)
-    y = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    ts = draw_timesteps(4, cfg, torch.Generator().manual_seed(0), y)
-    many = draw_timesteps(2000, cfg, torch.Generator().manual_seed(1), torch.tensor([1.0, -1.0]).repeat(1000))
-    assert ts.shape == (4, 4) and ts[y < 0].min() >= 600 and ts[y > 0].min() >= 100 and ts.max() < 1000
-    assert many[1::2].min() == 600 and many[::2].min() < 600 and many.max() == 999  # the whole range is reached
-    x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
-    unet, base = Linear(0.5), Linear(0.2)
-    abar, w = noise_schedule()
-    t = torch.tensor([[700, 900], [650, 999]])
-    signs = torch.tensor([1.0, -1.0])
-    out = papa_loss(unet, base, x0, signs, t, noise, cfg)
-    by_hand = 0.0
-    for i, (sign, lo) in enumerate(zip(signs, (100, 600))):
-        for tt in t[i]:
-            x_t = q_sample(x0[i : i + 1], noise[i : i + 1], tt.view(1), abar)
-            err = ((unet(x_t, tt.view(1)).sample - noise[i : i + 1]) ** 2).mean().item()
-            by_hand += float(0.1 * sign * (1000 - lo) / 2 * w[tt] * err) / 2
-    assert out["losses/pref"] == pytest.approx(by_hand, rel=1e-5)
-    with pytest.raises(ValueError, match="dislike_floor must be in"):
-        PAPAConfig(k=300, dislike_floor=200)
-    with pytest.raises(ValueError, match="dislike_floor must be in"):
-        PAPAConfig(dislike_floor=500, timesteps_per_image=None)
 
 
 def test_reply_weight_scales_the_reply_term_while_the_anchor_follows_the_sign() -> None:
