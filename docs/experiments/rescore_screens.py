@@ -3,11 +3,14 @@ replies, and the balance scored again against the base's class shares on 2,000 s
 sessions on the same (taste, seed) pairs (the balance under both rulers).
 
     python docs/experiments/rescore_screens.py      # from the repository root; prints a markdown table
+    python docs/experiments/rescore_screens.py --plot docs/experiments/screens_tradeoff.png   # and draws each
+        # screen's change of like@300 against its change of mean balance, both paired with the default
 
 The default's sessions are today's (`benchmarks/results/suite-tuning/results.jsonl`): for screens run against an
 earlier default the left column is not the default they were compared with.
 """
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -17,18 +20,53 @@ import numpy as np
 from papa_env.harness import rescore
 from papa_env.suite import make_suite, quick_suite
 
+# the screens run against today's default (the lab log's table at a glance); the others were paired with earlier ones
+AGAINST_TODAY = (
+    "k200", "k200_base_like_replay6", "extrapolate15", "extrapolate15_only_behind", "extrapolate15_diversity",
+    "no_fewer_base_queries_balance", "dislike_margin01_balance", "dislike_redirect05_balance",
+    "dislike_floor600_balance",
+)  # fmt: skip
 LIKED = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+
+
+def mean_balance(results: list[dict]) -> float:
+    return float(
+        np.mean([r["metrics"]["relative_balance"] for r in results if r["metrics"]["relative_balance"] is not None])
+    )
 
 
 def summary(results: list[dict]) -> str:
     """Mean relative balance and the number of flagged sessions."""
-    balances = [r["metrics"]["relative_balance"] for r in results if r["metrics"]["relative_balance"] is not None]
-    return f"{np.mean(balances):.2f}, {sum(bool(r['collapse']) for r in results)}"
+    return f"{mean_balance(results):.2f}, {sum(bool(r['collapse']) for r in results)}"
+
+
+def mean_like(results: list[dict], at: str) -> float:
+    return float(np.mean([v for r in results if (v := r["metrics"]["like_rate"].get(at)) is not None]))
 
 
 def like(results: list[dict], at: str) -> str:
-    vals = [r["metrics"]["like_rate"].get(at) for r in results]
-    return f"{np.mean([v for v in vals if v is not None]):.3f}"
+    return f"{mean_like(results, at):.3f}"
+
+
+def plot(points: dict[str, tuple[float, float]], path: str) -> None:
+    """Each screen at (its mean balance minus the default's, its like@300 minus the default's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    for i, (name, (db, dl)) in enumerate(sorted(points.items())):
+        ax.plot(db, dl, "o", color="tab:blue")
+        ax.annotate(name, (db, dl), fontsize=7, xytext=(3, 3 if i % 2 else -9), textcoords="offset points")
+    ax.set_xlabel("mean relative balance, arm - default (2,000 base samples)")
+    ax.set_ylabel("judge like-rate @300, arm - default")
+    ax.set_title("screens on the tuning half, paired seed by seed with the default")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
 
 
 def scored(results: list[dict], refs: dict | None) -> list[dict]:
@@ -38,6 +76,15 @@ def scored(results: list[dict], refs: dict | None) -> list[dict]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw the changes of like@300 and balance of the screens run "
+        "against today's default (AGAINST_TODAY) here",
+    )
+    args = ap.parse_args()
+    points = {}
     cache = json.loads(Path("benchmarks/results/suite-held-out/base_reference.json").read_text())
     refs = {(key.split("|")[0], ""): {int(c): v for c, v in shares.items()} for key, shares in cache.items()}
     lines = Path("benchmarks/results/suite-tuning/results.jsonl").read_text().splitlines()
@@ -53,7 +100,14 @@ def main() -> None:
         base = [default[k] for k in keys]
         likes = [f"{like(base, at)} / {like(arm, at)}" for at in ("100", "300")]
         cells = [f"{summary(scored(rs, None))} -> {summary(scored(rs, refs))}" for rs in (base, arm)]
-        print(f"| {path.stem.removeprefix('suite_tuning_')} | {len(arm)} | {' | '.join(likes + cells)} |")
+        name = path.stem.removeprefix("suite_tuning_").removesuffix("_screen")
+        print(f"| {name} | {len(arm)} | {' | '.join(likes + cells)} |")
+        if name not in AGAINST_TODAY:
+            continue
+        new_base, new_arm = scored(base, refs), scored(arm, refs)
+        points[name] = (mean_balance(new_arm) - mean_balance(new_base), mean_like(arm, "300") - mean_like(base, "300"))
+    if args.plot:
+        plot(points, args.plot)
 
 
 if __name__ == "__main__":
