@@ -3,11 +3,12 @@
 
     python -m benchmarks.selection_toy                          # liked vs random, the brightest 10%, seeds 0-2
     python -m benchmarks.selection_toy --quantile 0.8           # a commoner taste
+    python -m benchmarks.selection_toy --rule diversity --seeds 10 --budget 40   # another rule against random
 
 The user and the tiny UNet are the tests' (``tests/helpers.py``: ``Bright``; ``tests/conftest.py``: ``TINY_UNET``).
-PAPA learns from likes only (lr 3e-4, 2 updates per interaction, 20 replayed replies); ``liked`` chooses 10 of a
-pool of 30 in a fixed random network's features. Prints the like-rate of 100 samples every 20 replies and the replies
-each session needed to reach ``--level``."""
+PAPA learns from likes only (lr 3e-4, 2 updates per interaction, 20 replayed replies); the rule (``--rule``, default
+``liked``) chooses 10 of a pool of 30 in a fixed random network's features. Prints the like-rate of 100 samples every
+20 replies and the replies each session needed to reach ``--level``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=int, default=80, help="replies per session")
     p.add_argument("--level", type=float, default=0.7, help="the like-rate whose first reaching is counted")
+    p.add_argument("--rule", default="liked", help="the selector measured against random (agents/selection.py)")
     a = p.parse_args(argv)
     if not 0 < a.quantile < 1 or a.budget < 20 or a.budget % 20 or a.seeds < 1:
         p.error("expected 0 < --quantile < 1, --budget a positive multiple of 20 and --seeds >= 1")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     probe = PAPA(unet(), PAPAConfig(num_sampling_steps=8))
     threshold = float(probe.generate(200, torch.Generator().manual_seed(0)).mean((1, 2, 3)).quantile(a.quantile))
     out: dict = {}
-    for rule, pool in (("random", None), ("liked", 30)):
+    for rule, pool in (("random", None), (a.rule, 30)):
         for seed in range(a.seeds):
             cfg = PAPAConfig(lr=3e-4, timesteps_per_image=4, updates_per_interaction=2, replay=20, seed=seed,
                              full_exploitation=False, num_sampling_steps=8, pool_size=pool, selector=rule,
