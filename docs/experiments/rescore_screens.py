@@ -55,17 +55,19 @@ def plot(points: dict[str, tuple[float, float]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)
-    for i, (name, (db, dl)) in enumerate(sorted(points.items())):
+    legend = []
+    for i, (name, (db, dl)) in enumerate(sorted(points.items()), 1):  # numbered points, named beside the axes
         ax.plot(db, dl, "o", color="tab:blue")
-        ax.annotate(name, (db, dl), fontsize=7, xytext=(3, 3 if i % 2 else -9), textcoords="offset points")
+        ax.annotate(str(i), (db, dl), fontsize=8, xytext=(4, 2), textcoords="offset points")
+        legend.append(f"{i}  {name}  ({db:+.2f}, {dl:+.3f})")
+    ax.text(1.02, 1.0, "\n".join(legend), transform=ax.transAxes, fontsize=7, va="top", family="monospace")
     ax.set_xlabel("mean relative balance, arm - default (2,000 base samples)")
     ax.set_ylabel("judge like-rate @300, arm - default")
     ax.set_title("screens on the tuning half, paired seed by seed with the default")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"saved {path}")
 
 
