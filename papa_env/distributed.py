@@ -14,6 +14,7 @@ did). Nothing here reads SLURM or CUDA variables: torchrun's ``RANK`` / ``WORLD_
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -38,7 +39,16 @@ def init(device: str = "cpu") -> tuple[int, int]:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(close)
     return world()
+
+
+def close() -> None:
+    """Leave the process group (a no-op when there is none). :func:`init` registers it to run at exit: a gloo group
+    left to the interpreter's teardown can abort the process ("terminate called without an active exception",
+    pytorch/pytorch#190489) after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(n: int) -> torch.Tensor:

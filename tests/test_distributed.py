@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard, world
+from papa_env.distributed import all_reduce_gradients, all_reduce_sum, close, shard, world
 from papa_env.models import load_model, make_unet, save_model
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -28,6 +28,17 @@ def test_alone_a_process_computes_every_row_and_reduces_nothing() -> None:
     p.grad = torch.full((2,), 3.0)
     all_reduce_gradients([p])
     assert p.grad.tolist() == [3.0, 3.0]
+
+
+def test_close_leaves_the_process_group_and_is_a_no_op_without_one() -> None:
+    import torch.distributed as dist
+
+    close()  # none yet: nothing happens
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    assert world() == (0, 1) and dist.is_initialized()
+    close()
+    assert not dist.is_initialized()
+    close()
 
 
 def _tiny(path: Path) -> str:
