@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     from helpers import Bright, ToyEval
 
     from papa_env.agents.papa import PAPA, PAPAConfig
+    from papa_env.agents.selection import SELECTORS
     from papa_env.env import PreferenceEnv
     from papa_env.models import make_unet
     from papa_env.session import run_session
@@ -34,7 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget", type=int, default=80, help="replies per session")
     p.add_argument("--level", type=float, default=0.7, help="the like-rate whose first reaching is counted")
-    p.add_argument("--rule", default="liked", help="the selector measured against random (agents/selection.py)")
+    p.add_argument(
+        "--rule",
+        default="liked",
+        choices=[r for r in SELECTORS if r != "random"],
+        help="the selector measured against random (agents/selection.py)",
+    )
     a = p.parse_args(argv)
     if not 0 < a.quantile < 1 or a.budget < 20 or a.budget % 20 or a.seeds < 1:
         p.error("expected 0 < --quantile < 1, --budget a positive multiple of 20 and --seeds >= 1")
