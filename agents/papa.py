@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from papa_env.agents.selection import FEATURES, SELECTORS, draw_pool, make_features, make_selector
+from papa_env.agents.selection import (
+    FEATURES,
+    SELECTORS,
+    Pool,
+    UNetFeatures,
+    draw_pool,
+    make_features,
+    make_selector,
+    spread_from,
+)
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
@@ -65,6 +74,10 @@ class PAPAConfig:
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
+    base_candidates: int = 1
+    """base-model candidates drawn per base query shown; the ones shown are spread over the session (greedy k-center
+    in the base UNet's features, continued from every base query shown before), so the base's images a user replies
+    to cover its kinds evenly instead of as a few draws happen to (1: shown as drawn)"""
     base_like_anchor: float | None = None
     """the anchor's weight on likes of queries the frozen base drew (None: ``model_coef``, as on the tuned model's):
     those likes come in the base's proportions, so a weaker anchor there pulls toward the liked kinds evenly"""
@@ -111,6 +124,8 @@ class PAPAConfig:
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v is None or v >= 0 and self.base_queries > 0, ">= 0 with base_queries > 0, or None",
              ("base_like_anchor",)),
+            (lambda v: v == 1 or v > 1 and self.base_queries > 0 and self.pool_size is None, "1, or > 1 with "
+             "base_queries > 0 and no pool_size", ("base_candidates",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -245,13 +260,20 @@ class PAPA:
         self.buffer_src = torch.zeros(0, device=self.device)  # which model drew each replied query (0 tuned, 1 base)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
+        self.base_features = UNetFeatures(self.base) if config.base_candidates > 1 else None
+        self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
         n_base = self.base_count()
-        pool = draw_pool(self.policy, self.base, m - n_base, n_base, self.features, generator, self.side_by_side,
+        drawn = n_base * c.base_candidates
+        pool = draw_pool(self.policy, self.base, m - n_base, drawn, self.features, generator, self.side_by_side,
                          **self.sampling)  # fmt: skip
+        if drawn > n_base:  # keep the n_base base candidates farthest from the base queries shown before
+            candidates = torch.arange(m - n_base, m - n_base + drawn)
+            keep = candidates[spread_from(self.base_features(pool.images[candidates]), self.shown_base, n_base)]
+            pool = Pool(*(v[torch.cat([torch.arange(m - n_base), keep])] for v in pool))
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
         return pool.images[chosen].numpy()
@@ -266,7 +288,7 @@ class PAPA:
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
-        needed = self.cfg.fewer_base_queries or self.cfg.base_like_anchor is not None
+        needed = self.cfg.fewer_base_queries or self.cfg.base_like_anchor is not None or self.cfg.base_candidates > 1
         return {"source": self.shown_source} if needed and self.shown_source is not None else {}
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
@@ -318,6 +340,8 @@ class PAPA:
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
         self.buffer_src = torch.cat([self.buffer_src, src[y != 0]])
+        if self.base_features is not None and bool((src > 0).any()):
+            self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src > 0])])
         if self.cfg.fewer_base_queries and known:
             tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
             self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
@@ -353,7 +377,7 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "buffer_src": self.buffer_src.clone(), **ema}  # fmt: skip
+                "buffer_src": self.buffer_src.clone(), "shown_base": self.shown_base.clone(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -363,6 +387,7 @@ class PAPA:
         self.selector.load_state_dict(state["selector"])
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         self.buffer_src = state.get("buffer_src", torch.zeros(len(self.buffer_y)))  # absent before base_like_anchor
+        self.shown_base = state.get("shown_base", torch.zeros(0))  # absent before base_candidates
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

@@ -262,6 +262,22 @@ def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def spread_from(features: torch.Tensor, shown: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center continued from ``shown`` (S, D), the features of what was chosen before: repeatedly the
+    candidate farthest from everything chosen so far (without ``shown``: :func:`k_center`)."""
+    if not len(shown):
+        return k_center(features, k)
+    f, s = features.double(), shown.double()
+    dist = torch.cdist(f, s).pow(2).min(1).values
+    chosen: list[int] = []
+    while len(chosen) < k:
+        nxt = int(dist.argmax())
+        chosen.append(nxt)
+        dist = torch.minimum(dist, ((f - f[nxt]) ** 2).sum(1))
+        dist[chosen] = -1.0
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
 
 

@@ -362,6 +362,31 @@ def test_fewer_base_queries_once_the_tuned_models_own_queries_are_liked(tiny_une
     assert off.base_count() == 5 and off.proposal_state() == {}  # off: the constant, nothing more persisted
 
 
+def test_base_candidates_show_the_base_queries_farthest_from_those_shown_before(tiny_unet, monkeypatch) -> None:
+    agent = _agent(tiny_unet, base_queries=2, base_candidates=3)
+    calls = []
+    real = papa_mod.spread_from
+    monkeypatch.setattr(
+        papa_mod, "spread_from", lambda f, s, k: calls.append((f, s.clone(), real(f, s, k))) or calls[-1][2]
+    )
+    gen = torch.Generator().manual_seed(0)
+    q = agent.propose(gen)
+    source = agent.proposal_state()["source"]
+    assert q.shape == (10, 1, 28, 28) and source.tolist() == [0] * 8 + [1] * 2
+    feats, shown, picked = calls[0]
+    assert len(feats) == 6 and len(shown) == 0  # 3 candidates per base query; nothing shown before
+    assert torch.allclose(agent.base_features(torch.as_tensor(q[8:])), feats[picked], atol=1e-5)  # shown: the picked
+    agent.learn(q, np.array([1, -1] * 5))
+    assert torch.allclose(agent.shown_base, feats[picked], atol=1e-5)  # what the next choice spreads away from
+    agent.propose(gen)
+    assert torch.equal(calls[1][1], agent.shown_base)
+    other = _agent(tiny_unet, base_queries=2, base_candidates=3)
+    other.load_state_dict(agent.state_dict())
+    assert torch.equal(other.shown_base, agent.shown_base)
+    with pytest.raises(ValueError, match="base_candidates must be 1, or > 1 with base_queries > 0"):
+        PAPAConfig(base_candidates=3)
+
+
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     def moved_agent(base_queries: int) -> PAPA:
         agent = _agent(tiny_unet, base_queries=base_queries)

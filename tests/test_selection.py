@@ -12,7 +12,7 @@ import torch
 from helpers import Bright, ToyEval
 
 from papa_env.agents.papa import PAPA, PAPAConfig
-from papa_env.agents.selection import EnsembleSelector, Pool, RandomSelector, k_center, make_selector
+from papa_env.agents.selection import EnsembleSelector, Pool, RandomSelector, k_center, make_selector, spread_from
 from papa_env.env import PreferenceEnv
 from papa_env.session import run_session
 
@@ -62,6 +62,15 @@ def test_liked_spreads_its_likes_over_the_liked_kinds() -> None:
     pool = kinds.repeat_interleave(6, 0) + 0.01 * torch.randn(18, 3, generator=g)  # 6 A, then 6 B, then 6 C
     chosen = sel.select(_pool(pool), 4, torch.Generator())
     assert sorted(set((chosen // 6).tolist())) == [0, 1]  # A and B both shown, C never
+
+
+def test_spread_from_continues_k_center_away_from_what_was_shown_before() -> None:
+    points = torch.tensor([[0.0], [1.0], [2.0], [10.0], [10.5]])
+    assert spread_from(points, torch.tensor([[0.0]]), 1).tolist() == [4]  # farthest from the shown 0
+    assert spread_from(points, torch.tensor([[0.0]]), 2).tolist() == [4, 2]  # then farthest from {0, 10.5}
+    assert spread_from(points, torch.tensor([[10.0], [0.0]]), 1).tolist() == [2]  # 2 is 2 from 0, 8 from 10
+    assert torch.equal(spread_from(points, torch.zeros(0, 1), 3), k_center(points, 3))  # nothing shown yet
+    assert sorted(spread_from(torch.ones(4, 2), torch.ones(1, 2), 3).tolist()) == [0, 1, 2]  # never twice
 
 
 def test_k_center_never_picks_a_candidate_twice() -> None:
