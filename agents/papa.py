@@ -26,8 +26,10 @@ from papa_env.agents.selection import (
     Pool,
     UNetFeatures,
     draw_pool,
+    kmeans,
     make_features,
     make_selector,
+    quota_pick,
     spread_from,
 )
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
@@ -78,6 +80,10 @@ class PAPAConfig:
     """base-model candidates drawn per base query shown; the ones shown are spread over the session (greedy k-center
     in the base UNet's features, continued from every base query shown before), so the base's images a user replies
     to cover its kinds evenly instead of as a few draws happen to (1: shown as drawn)"""
+    base_strata: int = 0
+    """with base_candidates: instead of spreading, the base queries follow the base's own proportions over this many
+    strata (k-means of the base UNet's features of 100 base samples drawn when the agent is built; each base query
+    from the stratum furthest under its share so far), so a few base-model likes already come in its proportions"""
     base_like_anchor: float | None = None
     """the anchor's weight on likes of queries the frozen base drew (None: ``model_coef``, as on the tuned model's):
     those likes come in the base's proportions, so a weaker anchor there pulls toward the liked kinds evenly"""
@@ -126,6 +132,8 @@ class PAPAConfig:
              ("base_like_anchor",)),
             (lambda v: v == 1 or v > 1 and self.base_queries > 0 and self.pool_size is None, "1, or > 1 with "
              "base_queries > 0 and no pool_size", ("base_candidates",)),
+            (lambda v: v == 0 or v > 1 and self.base_candidates > 1, "0, or > 1 with base_candidates > 1",
+             ("base_strata",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -262,6 +270,12 @@ class PAPA:
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
         self.base_features = UNetFeatures(self.base) if config.base_candidates > 1 else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
+        self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
+        if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
+            g = torch.Generator().manual_seed(config.seed)
+            bank = self.base_features(sample(self.base, 100, generator=g, **self.sampling))
+            self.centroids = kmeans(bank, config.base_strata, g)
+            self.shares = torch.bincount(self.stratum(bank), minlength=config.base_strata).float() / len(bank)
 
     def propose(self, generator: torch.Generator) -> np.ndarray:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
@@ -270,13 +284,24 @@ class PAPA:
         drawn = n_base * c.base_candidates
         pool = draw_pool(self.policy, self.base, m - n_base, drawn, self.features, generator, self.side_by_side,
                          **self.sampling)  # fmt: skip
-        if drawn > n_base:  # keep the n_base base candidates farthest from the base queries shown before
+        if drawn > n_base:  # keep n_base: those farthest from the base queries shown before, or by the strata quota
             candidates = torch.arange(m - n_base, m - n_base + drawn)
-            keep = candidates[spread_from(self.base_features(pool.images[candidates]), self.shown_base, n_base)]
+            feats = self.base_features(pool.images[candidates])
+            if c.base_strata:
+                shown = torch.bincount(self.stratum(self.shown_base), minlength=c.base_strata)
+                keep = candidates[quota_pick(self.stratum(feats), self.shares, shown, n_base)]
+            else:
+                keep = candidates[spread_from(feats, self.shown_base, n_base)]
             pool = Pool(*(v[torch.cat([torch.arange(m - n_base), keep])] for v in pool))
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
         return pool.images[chosen].numpy()
+
+    def stratum(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) the base stratum (nearest centroid) of each row of ``features``."""
+        if not len(features):
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cdist(features.double(), self.centroids.double()).argmin(1)
 
     def base_count(self) -> int:
         """How many of the queries drawn come from the frozen base: ``base_queries``, fewer once the tuned model's

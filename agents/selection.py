@@ -278,6 +278,34 @@ def spread_from(features: torch.Tensor, shown: torch.Tensor, k: int) -> torch.Te
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def kmeans(features: torch.Tensor, k: int, generator: torch.Generator, iters: int = 25) -> torch.Tensor:
+    """(k, D) centroids of Lloyd's k-means on ``features`` (N, D), k-means++ seeding from ``generator``."""
+    f = features.double()
+    centroids = f[torch.randint(len(f), (1,), generator=generator)]
+    while len(centroids) < k:
+        d2 = torch.cdist(f, centroids).pow(2).min(1).values
+        nxt = torch.multinomial(d2 / d2.sum() if d2.sum() > 0 else torch.ones(len(f)), 1, generator=generator)
+        centroids = torch.cat([centroids, f[nxt]])
+    for _ in range(iters):
+        nearest = torch.cdist(f, centroids).argmin(1)
+        centroids = torch.stack([f[nearest == j].mean(0) if (nearest == j).any() else centroids[j] for j in range(k)])
+    return centroids.float()
+
+
+def quota_pick(strata: torch.Tensor, shares: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` of the candidates (their strata (M,)), one at a time the one whose stratum is furthest under its quota
+    (``shares`` (S,) of everything shown; ``counts`` (S,) shown so far): systematic, not independent, sampling, so a
+    few picks already follow ``shares`` (ties: the first candidate)."""
+    counts, chosen = counts.clone().double(), []
+    for _ in range(n):
+        deficit = shares.double() * (counts.sum() + 1) - counts
+        order = [i for i in range(len(strata)) if i not in chosen]
+        best = max(order, key=lambda i: (float(deficit[strata[i]]), -i))
+        chosen.append(best)
+        counts[strata[best]] += 1
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
 
 

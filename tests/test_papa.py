@@ -387,6 +387,22 @@ def test_base_candidates_show_the_base_queries_farthest_from_those_shown_before(
         PAPAConfig(base_candidates=3)
 
 
+def test_base_strata_show_the_base_queries_by_the_quota_of_its_strata(tiny_unet) -> None:
+    agent = _agent(tiny_unet, base_queries=3, base_candidates=4, base_strata=3)
+    assert agent.centroids.shape[0] == 3 and float(agent.shares.sum()) == pytest.approx(1.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        q = agent.propose(gen)
+        assert agent.proposal_state()["source"].tolist() == [0] * 7 + [1] * 3
+        agent.learn(q, np.array([1, -1] * 5))
+    shown = torch.bincount(agent.stratum(agent.shown_base), minlength=3).float()
+    assert len(agent.shown_base) == 12 and shown.sum() == 12
+    rebuilt = _agent(tiny_unet, base_queries=3, base_candidates=4, base_strata=3)  # a resumed session's agent
+    assert torch.equal(rebuilt.centroids, agent.centroids) and torch.equal(rebuilt.shares, agent.shares)
+    with pytest.raises(ValueError, match="base_strata must be 0, or > 1 with base_candidates > 1"):
+        PAPAConfig(base_queries=3, base_strata=3)
+
+
 def test_base_queries_come_from_the_frozen_base_model(tiny_unet) -> None:
     def moved_agent(base_queries: int) -> PAPA:
         agent = _agent(tiny_unet, base_queries=base_queries)

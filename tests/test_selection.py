@@ -12,7 +12,16 @@ import torch
 from helpers import Bright, ToyEval
 
 from papa_env.agents.papa import PAPA, PAPAConfig
-from papa_env.agents.selection import EnsembleSelector, Pool, RandomSelector, k_center, make_selector, spread_from
+from papa_env.agents.selection import (
+    EnsembleSelector,
+    Pool,
+    RandomSelector,
+    k_center,
+    kmeans,
+    make_selector,
+    quota_pick,
+    spread_from,
+)
 from papa_env.env import PreferenceEnv
 from papa_env.session import run_session
 
@@ -71,6 +80,26 @@ def test_spread_from_continues_k_center_away_from_what_was_shown_before() -> Non
     assert spread_from(points, torch.tensor([[10.0], [0.0]]), 1).tolist() == [2]  # 2 is 2 from 0, 8 from 10
     assert torch.equal(spread_from(points, torch.zeros(0, 1), 3), k_center(points, 3))  # nothing shown yet
     assert sorted(spread_from(torch.ones(4, 2), torch.ones(1, 2), 3).tolist()) == [0, 1, 2]  # never twice
+
+
+def test_quota_pick_follows_the_shares_over_the_strata() -> None:
+    shares = torch.tensor([0.5, 0.3, 0.2])
+    strata = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert quota_pick(strata, shares, torch.zeros(3), 1).tolist() == [0]  # nothing shown: the largest share
+    assert quota_pick(strata, shares, torch.tensor([5.0, 0.0, 0.0]), 2).tolist() == [3, 5]  # 1 and 2 are owed
+    assert quota_pick(strata, shares, torch.tensor([1.0, 3.0, 2.0]), 2).tolist() == [0, 1]  # 0 owed, then 0 again
+    counts = torch.zeros(3)
+    for _ in range(20):  # one at a time from an ever-available pool: the counts track the shares within one
+        counts[strata[quota_pick(strata, shares, counts, 1)]] += 1
+    assert (counts - 20 * shares).abs().max() <= 1
+
+
+def test_kmeans_finds_separated_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
+    points = centres.repeat_interleave(10, 0) + 0.1 * torch.randn(30, 2, generator=g)
+    found = kmeans(points, 3, torch.Generator().manual_seed(1))
+    assert torch.cdist(found, centres).min(1).values.max() < 0.2
 
 
 def test_k_center_never_picks_a_candidate_twice() -> None:
