@@ -84,9 +84,6 @@ class PAPAConfig:
     """with base_candidates: instead of spreading, the base queries follow the base's own proportions over this many
     strata (k-means of the base UNet's features of 100 base samples drawn when the agent is built; each base query
     from the stratum furthest under its share so far), so a few base-model likes already come in its proportions"""
-    base_like_anchor: float | None = None
-    """the anchor's weight on likes of queries the frozen base drew (None: ``model_coef``, as on the tuned model's):
-    those likes come in the base's proportions, so a weaker anchor there pulls toward the liked kinds evenly"""
     fewer_base_queries: bool = False
     """with reply_baseline: ``base_queries`` shrink as the tuned model's own queries are liked, to
     max(1, round(base_queries * min(1, 2 (1 - r)))) at like-rate r of its last ``reply_baseline`` replied queries:
@@ -128,8 +125,6 @@ class PAPAConfig:
              "full_exploitation=False: every signed reply is then a like)", ("reply_baseline",)),
             (lambda v: v <= (self.pool_size or self.queries_per_step), "<= the queries drawn", ("base_queries",)),
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
-            (lambda v: v is None or v >= 0 and self.base_queries > 0, ">= 0 with base_queries > 0, or None",
-             ("base_like_anchor",)),
             (lambda v: v == 1 or v > 1 and self.base_queries > 0 and self.pool_size is None, "1, or > 1 with "
              "base_queries > 0 and no pool_size", ("base_candidates",)),
             (lambda v: v == 0 or v > 1 and self.base_candidates > 1, "0, or > 1 with base_candidates > 1",
@@ -189,7 +184,7 @@ def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -
 
 def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor,
               noise: torch.Tensor, cfg: PAPAConfig, reply_weight: torch.Tensor | None = None, backward: bool = False,
-              chunk: int = 250, anchor_weight: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+              chunk: int = 250) -> dict[str, Any]:  # fmt: skip
     """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries:
     ``{"loss", "losses/pref", "losses/model"}`` as floats, and with ``backward=False`` the graph as ``"tensor"``.
 
@@ -201,22 +196,20 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             the anchor and the dislike bound still follow the sign ``y``.
         backward: accumulate gradients chunk by chunk instead of returning a graph; chunk: rows per forward pass
             (bounds memory, not the result).
-        anchor_weight: (B,) the anchor's weight per query (default ``model_coef`` on likes, 0 elsewhere).
     """
     b, m = timesteps.shape
     abar, w = (v.to(x0.device) for v in noise_schedule())
     scale = (T - cfg.k) / m  # 1. m uniform draws of t in [k, T) estimate a sum of T - k terms (1 for the full sum)
     rows = shard(b * m)  # this process's rows: all of them, or its share under torchrun (papa_env.distributed)
     rows_img, rows_t = torch.arange(b).repeat_interleave(m)[rows], timesteps.reshape(-1)[rows]
-    r = y if reply_weight is None else reply_weight
-    anchor_w = cfg.model_coef * (y > 0).float() if anchor_weight is None else anchor_weight
+    liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
     total, pref_sum, model_sum = torch.zeros(()), 0.0, 0.0
     for start in range(0, len(rows_t), chunk):
         i, t = rows_img[start : start + chunk], rows_t[start : start + chunk]
         x_t = q_sample(x0[i], noise[i], t, abar)  # 2. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)
         eps_hat = unet(x_t, t).sample  # 3. eps_theta(x_t, t)
         err = ((eps_hat - noise[i]) ** 2).mean((1, 2, 3))  # ||eps_theta - eps||^2, a mean over pixels
-        need_anchor = bool(anchor_w[i].any())
+        need_anchor = bool(cfg.model_coef) and bool(liked[i].any())
         bounded = cfg.dislike_margin is not None and bool((y[i] < 0).any())
         if need_anchor or bounded:
             with torch.no_grad():
@@ -226,7 +219,7 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             err = torch.where(y[i] < 0, torch.minimum(err, cap), err)
         pref = cfg.pref_coef * r[i] * scale * w[t] * err  # 5. the reply term: pref_coef * y * w_t * err
         anchor = ((eps_hat - eps_base) ** 2).mean((1, 2, 3)) if need_anchor else torch.zeros_like(pref)
-        model = anchor_w[i] * (1.0 / m) * anchor  # 6. model_coef [y=+1] ||eps_theta - eps_base||^2 / m
+        model = cfg.model_coef * liked[i] * (1.0 / m) * anchor  # 6. model_coef [y=+1] ||eps_theta - eps_base||^2 / m
         chunk_loss = (pref.sum() + model.sum()) / b  # 7. summed over rows, averaged over the B queries
         pref_sum += float(pref.detach().sum()) / b
         model_sum += float(model.detach().sum()) / b
@@ -265,7 +258,6 @@ class PAPA:
         self.selector = make_selector(config.selector, config.seed, config.liked_share)
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
-        self.buffer_src = torch.zeros(0, device=self.device)  # which model drew each replied query (0 tuned, 1 base)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
         self.base_features = UNetFeatures(self.base) if config.base_candidates > 1 else None
@@ -313,7 +305,7 @@ class PAPA:
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
-        needed = self.cfg.fewer_base_queries or self.cfg.base_like_anchor is not None or self.cfg.base_candidates > 1
+        needed = self.cfg.fewer_base_queries or self.cfg.base_candidates > 1
         return {"source": self.shown_source} if needed and self.shown_source is not None else {}
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
@@ -338,18 +330,14 @@ class PAPA:
             stats["charts/reply_baseline"] = baseline
         behind = self.cfg.paired_replies or baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below
         self.unet.train()
-        for xb, yb, sb in self._batches(x0, y, src, extra=self.cfg.catch_up_updates if behind else 0):
+        for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
-            anchor = None  # model_coef on likes, or base_like_anchor on the likes of base-model queries
-            if self.cfg.base_like_anchor is not None:
-                anchor = torch.where(sb > 0, self.cfg.base_like_anchor, self.cfg.model_coef) * (yb > 0).float()
             self.opt.zero_grad(set_to_none=True)
-            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True,
-                            anchor_weight=anchor)  # fmt: skip
+            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
             self.opt.step()
             if self.ema is not None:
@@ -364,7 +352,6 @@ class PAPA:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
-        self.buffer_src = torch.cat([self.buffer_src, src[y != 0]])
         if self.base_features is not None and bool((src > 0).any()):
             self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src > 0])])
         if self.cfg.fewer_base_queries and known:
@@ -373,21 +360,18 @@ class PAPA:
         self.shown_source = None
         return stats
 
-    def _batches(self, x0: torch.Tensor, y: torch.Tensor, src: torch.Tensor, extra: int = 0):
-        """(queries, signs, sources) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones
-        each."""
+    def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
+        """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
-                part = slice(start, start + self.cfg.batch_size)
-                yield x0[part], y[part], src[part]
+                yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
             return
         for _ in range((self.cfg.updates_per_interaction or 1) + extra):
             if self.cfg.replay and len(self.buffer_y):
                 idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
-                yield (torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]]),
-                       torch.cat([src, self.buffer_src[idx]]))  # fmt: skip
+                yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
             else:
-                yield x0, y, src
+                yield x0, y
 
     def model(self) -> torch.nn.Module:  # the tuned weights samples are drawn from (the average, with ema_decay)
         return self.sampled
@@ -402,7 +386,7 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "buffer_src": self.buffer_src.clone(), "shown_base": self.shown_base.clone(), **ema}  # fmt: skip
+                "shown_base": self.shown_base.clone(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -411,7 +395,6 @@ class PAPA:
         self.updates, self.buffer_x, self.buffer_y = state["updates"], state["buffer_x"], state["buffer_y"]
         self.selector.load_state_dict(state["selector"])
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
-        self.buffer_src = state.get("buffer_src", torch.zeros(len(self.buffer_y)))  # absent before base_like_anchor
         self.shown_base = state.get("shown_base", torch.zeros(0))  # absent before base_candidates
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

@@ -98,48 +98,6 @@ def test_reply_weight_scales_the_reply_term_while_the_anchor_follows_the_sign() 
     assert raw["losses/pref"] == pytest.approx(only_like["losses/pref"] + only_dislike["losses/pref"], rel=1e-5)
 
 
-def test_anchor_weight_per_query_replaces_model_coef_on_likes() -> None:
-    cfg = PAPAConfig(pref_coef=0.1, model_coef=0.6, timesteps_per_image=2)
-    x0, noise = torch.rand(3, 1, 28, 28) * 2 - 1, torch.randn(3, 1, 28, 28)
-    ts, y = torch.tensor([[10, 500], [999, 3], [40, 41]]), torch.tensor([1.0, 1.0, -1.0])
-    unet, base = Linear(0.5), Linear(0.2, b=1.0)
-    default = papa_loss(unet, base, x0, y, ts, noise, cfg)
-    same = papa_loss(unet, base, x0, y, ts, noise, cfg, anchor_weight=torch.tensor([0.6, 0.6, 0.0]))
-    assert same["losses/model"] == default["losses/model"] > 0 and same["losses/pref"] == default["losses/pref"]
-    first = papa_loss(unet, base, x0, torch.tensor([1.0, 0.0, 0.0]), ts, noise, cfg)["losses/model"]
-    second = papa_loss(unet, base, x0, torch.tensor([0.0, 1.0, 0.0]), ts, noise, cfg)["losses/model"]
-    mixed = papa_loss(unet, base, x0, y, ts, noise, cfg, anchor_weight=torch.tensor([0.6, 0.15, 0.0]))
-    assert mixed["losses/model"] == pytest.approx(first + second / 4, rel=1e-5)  # 0.15 = 0.6 / 4 on the second
-    assert mixed["losses/pref"] == default["losses/pref"]  # the reply term does not change
-
-
-def test_base_like_anchor_weighs_the_likes_of_base_model_queries_apart(tiny_unet, monkeypatch) -> None:
-    agent = _agent(tiny_unet, base_queries=4, base_like_anchor=0.0, model_coef=0.6, updates_per_interaction=1,
-                   replay=3)  # fmt: skip
-    seen = []
-    real = papa_mod.papa_loss
-    monkeypatch.setattr(papa_mod, "papa_loss", lambda *a, **kw: seen.append(kw["anchor_weight"]) or real(*a, **kw))
-    gen = torch.Generator().manual_seed(0)
-    q = agent.propose(gen)
-    source = agent.proposal_state()["source"]
-    assert source.tolist() == [0] * 6 + [1] * 4  # the state persisted with the replies holds the sources
-    replies = np.array([1, -1, 1, 1, 0, 1, 1, 1, -1, 1])
-    agent.learn(q, replies)
-    expected = [0.6, 0.0, 0.6, 0.6, 0.0, 0.6, 0.0, 0.0, 0.0, 0.0]  # tuned likes 0.6; base likes 0; dislikes 0
-    assert seen[0].tolist() == pytest.approx(expected)
-    kept = replies != 0
-    assert agent.buffer_src.tolist() == source[kept].tolist()
-    agent.learn(agent.propose(gen), replies)  # the replayed rows carry their own sources
-    new, replayed = seen[1][:10], seen[1][10:]
-    assert len(replayed) == 3 and new.tolist() == pytest.approx(expected)
-    other = _agent(tiny_unet, base_queries=4, base_like_anchor=0.0, model_coef=0.6, updates_per_interaction=1,
-                   replay=3)  # fmt: skip
-    other.load_state_dict(agent.state_dict())
-    assert torch.equal(other.buffer_src, agent.buffer_src)
-    with pytest.raises(ValueError, match="base_like_anchor must be >= 0 with base_queries > 0"):
-        PAPAConfig(base_like_anchor=0.3)
-
-
 def test_dislike_margin_stops_pushing_a_disliked_query_past_the_cap() -> None:
     """Bounded dislike term: a disliked row whose error exceeds (1 + margin) x the base's gives no gradient."""
     x0, noise = torch.full((1, 1, 28, 28), 0.5), torch.full((1, 1, 28, 28), 1.0)
@@ -273,8 +231,8 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     q = agent.propose(torch.Generator().manual_seed(0))
     agent.learn(q, REPLIES)
     assert agent.updates == 3 and len(agent.buffer_y) == 8  # skips are not kept
-    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10), torch.zeros(10)))
-    assert len(batches) == 3 and all(len(xb) == len(yb) == len(s) == 14 for xb, yb, s in batches)  # 10 new + 4 old
+    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10)))
+    assert len(batches) == 3 and all(len(xb) == len(yb) == 14 for xb, yb in batches)  # 10 new + 4 replayed
     other = _agent(tiny_unet, updates_per_interaction=3, replay=4)
     other.load_state_dict(agent.state_dict())
     assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
