@@ -247,19 +247,23 @@ def _top(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(order[:k], dtype=torch.long)
 
 
-def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Greedy k-center: start at the candidate nearest the pool's mean, then repeatedly add the one farthest from
-    those chosen (spreads the K over the pool)."""
-    f = features.double()
-    chosen = [int(((f - f.mean(0)) ** 2).sum(1).argmin())]
-    dist = ((f - f[chosen[0]]) ** 2).sum(1)
-    dist[chosen[0]] = -1.0  # never chosen twice, duplicates included
+def _farthest_first(f: torch.Tensor, dist: torch.Tensor, chosen: list[int], k: int) -> torch.Tensor:
+    """Add to ``chosen`` the candidate farthest (squared distance ``dist``) from those chosen, until there are k."""
+    dist[chosen] = -1.0  # never chosen twice, duplicates included
     while len(chosen) < k:
         nxt = int(dist.argmax())
         chosen.append(nxt)
         dist = torch.minimum(dist, ((f - f[nxt]) ** 2).sum(1))
         dist[chosen] = -1.0
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center: start at the candidate nearest the pool's mean, then repeatedly add the one farthest from
+    those chosen (spreads the K over the pool)."""
+    f = features.double()
+    first = int(((f - f.mean(0)) ** 2).sum(1).argmin())
+    return _farthest_first(f, ((f - f[first]) ** 2).sum(1), [first], k)
 
 
 def spread_from(features: torch.Tensor, shown: torch.Tensor, k: int) -> torch.Tensor:
@@ -267,15 +271,8 @@ def spread_from(features: torch.Tensor, shown: torch.Tensor, k: int) -> torch.Te
     candidate farthest from everything chosen so far (without ``shown``: :func:`k_center`)."""
     if not len(shown):
         return k_center(features, k)
-    f, s = features.double(), shown.double()
-    dist = torch.cdist(f, s).pow(2).min(1).values
-    chosen: list[int] = []
-    while len(chosen) < k:
-        nxt = int(dist.argmax())
-        chosen.append(nxt)
-        dist = torch.minimum(dist, ((f - f[nxt]) ** 2).sum(1))
-        dist[chosen] = -1.0
-    return torch.tensor(chosen, dtype=torch.long)
+    f = features.double()
+    return _farthest_first(f, torch.cdist(f, shown.double()).pow(2).min(1).values, [], k)
 
 
 def kmeans(features: torch.Tensor, k: int, generator: torch.Generator, iters: int = 25) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,8 @@ def main() -> None:
         for folder in sorted(glob.glob(f"{run}/suite-tuning/*/*/")):
             if (row := session(folder.rstrip("/"), judges, refs)) is not None:
                 rows.append(row)
+    if not rows:
+        sys.exit(f"no finished multi-class session under {args.runs} (expected benchmarks.suite --out folders)")
     mean = {k: np.nanmean([r[k] for r in rows]) for k in rows[0] if k != "taste"}
     print(f"{len(rows)} sessions; means: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items()))
     print("| likes on | replies | within-taste corr. with the model's balance then | ... at 300 | controlling for "
