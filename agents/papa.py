@@ -26,6 +26,7 @@ from papa_env.agents.selection import (
     Pool,
     UNetFeatures,
     draw_pool,
+    k_center,
     kmeans,
     make_features,
     make_selector,
@@ -80,6 +81,10 @@ class PAPAConfig:
     """base-model candidates drawn per base query shown; the ones shown are spread over the session (greedy k-center
     in the base UNet's features, continued from every base query shown before), so the base's images a user replies
     to cover its kinds evenly instead of as a few draws happen to (1: shown as drawn)"""
+    tuned_candidates: int = 1
+    """tuned-model candidates drawn per tuned query shown; the ones shown are spread over them (greedy k-center in
+    the base UNet's features), so the likes the model learns from cover the kinds it draws less often, not only
+    the kinds it already favours (1: shown as drawn)"""
     base_strata: int = 0
     """with base_candidates: instead of spreading, the base queries follow the base's own proportions over this many
     strata (k-means of the base UNet's features of 100 base samples drawn when the agent is built; each base query
@@ -127,6 +132,8 @@ class PAPAConfig:
             (lambda v: v is None or v >= 0, ">= 0 or None", ("dislike_margin",)),
             (lambda v: v == 1 or v > 1 and self.base_queries > 0 and self.pool_size is None, "1, or > 1 with "
              "base_queries > 0 and no pool_size", ("base_candidates",)),
+            (lambda v: v == 1 or v > 1 and self.pool_size is None, "1, or > 1 with no pool_size",
+             ("tuned_candidates",)),
             (lambda v: v == 0 or v > 1 and self.base_candidates > 1, "0, or > 1 with base_candidates > 1",
              ("base_strata",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
@@ -260,7 +267,8 @@ class PAPA:
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
-        self.base_features = UNetFeatures(self.base) if config.base_candidates > 1 else None
+        spread = config.base_candidates > 1 or config.tuned_candidates > 1
+        self.base_features = UNetFeatures(self.base) if spread else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
         self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
         if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
@@ -273,18 +281,22 @@ class PAPA:
         """K queries (K, 1, 28, 28): the selector's choice from a pool of tuned, then base-model samples."""
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
         n_base = self.base_count()
-        drawn = n_base * c.base_candidates
-        pool = draw_pool(self.policy, self.base, m - n_base, drawn, self.features, generator, self.side_by_side,
+        n_tuned, drawn_tuned, drawn = m - n_base, (m - n_base) * c.tuned_candidates, n_base * c.base_candidates
+        pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
                          **self.sampling)  # fmt: skip
+        keep_tuned = torch.arange(drawn_tuned)
+        if drawn_tuned > n_tuned:  # keep n_tuned: spread over the tuned model's candidates
+            keep_tuned = k_center(self.base_features(pool.images[keep_tuned]), n_tuned)
+        keep = torch.arange(drawn_tuned, drawn_tuned + drawn)
         if drawn > n_base:  # keep n_base: those farthest from the base queries shown before, or by the strata quota
-            candidates = torch.arange(m - n_base, m - n_base + drawn)
-            feats = self.base_features(pool.images[candidates])
+            feats = self.base_features(pool.images[keep])
             if c.base_strata:
                 shown = torch.bincount(self.stratum(self.shown_base), minlength=c.base_strata)
-                keep = candidates[quota_pick(self.stratum(feats), self.shares, shown, n_base)]
+                keep = keep[quota_pick(self.stratum(feats), self.shares, shown, n_base)]
             else:
-                keep = candidates[spread_from(feats, self.shown_base, n_base)]
-            pool = Pool(*(v[torch.cat([torch.arange(m - n_base), keep])] for v in pool))
+                keep = keep[spread_from(feats, self.shown_base, n_base)]
+        if drawn_tuned > n_tuned or drawn > n_base:
+            pool = Pool(*(v[torch.cat([keep_tuned, keep])] for v in pool))
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
         return pool.images[chosen].numpy()
