@@ -5,6 +5,8 @@ sessions on the same (taste, seed) pairs (the balance under both rulers).
     python docs/experiments/rescore_screens.py      # from the repository root; prints a markdown table
     python docs/experiments/rescore_screens.py --plot docs/experiments/screens_tradeoff.png   # and draws each
         # screen's change of like@300 against its change of mean balance, both paired with the default
+    python docs/experiments/rescore_screens.py --dips   # instead: how often each screen's like-rate dips, by how
+        # high it had been (an evaluation more than 0.05 under the best before: the suite's dip flag)
 
 The default's sessions are today's (`benchmarks/results/suite-tuning/results.jsonl`): for screens run against an
 earlier default the left column is not the default they were compared with.
@@ -25,6 +27,7 @@ AGAINST_TODAY = (
     "k200", "k200_base_like_replay6", "extrapolate15", "extrapolate15_only_behind", "extrapolate15_diversity",
     "no_fewer_base_queries_balance", "dislike_margin01_balance", "dislike_redirect05_balance",
     "dislike_floor600_balance", "no_ema", "anchor03", "ema_start90", "base_like_anchor0", "base_candidates3",
+    "tuned_candidates3",
 )  # fmt: skip
 LIKED = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
 
@@ -46,6 +49,40 @@ def mean_like(results: list[dict], at: str) -> float:
 
 def like(results: list[dict], at: str) -> str:
     return f"{mean_like(results, at):.3f}"
+
+
+def dip_rates(results: list[dict]) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Sessions with a dip, and per band of the best like-rate before an evaluation: (dips, evaluations)."""
+    sessions, bands = 0, {}
+    for r in results:
+        best, dipped = None, False
+        for x in (e["eval/like_rate_judge"] for e in r["records"] if "eval/like_rate_judge" in e):
+            if best is not None:
+                band = "< 0.7" if best < 0.7 else "0.7-0.85" if best < 0.85 else ">= 0.85"
+                n, d = bands.get(band, (0, 0))
+                bands[band] = (n + 1, d + (x < best - 0.05))
+                dipped |= x < best - 0.05
+            best = x if best is None else max(best, x)
+        sessions += dipped
+    return sessions, bands
+
+
+def print_dips(default: dict, paths: list[Path]) -> None:
+    """Each screen against today's default: a dip per evaluation, by the best like-rate reached before it."""
+    print("| screen | sessions | with a dip: default / arm | dips per evaluation after best < 0.7, 0.7-0.85, "
+          ">= 0.85: default / arm |")  # fmt: skip
+    print("|---|---|---|---|")
+    for path in paths:
+        arm = [json.loads(line) for line in path.read_text().splitlines()]
+        base = [default[(r["taste"], r["seed"])] for r in arm]
+        (n_base, bands_base), (n_arm, bands_arm) = dip_rates(base), dip_rates(arm)
+        cells = [
+            f"{bands_base.get(b, (0, 0))[1]}/{bands_base.get(b, (0, 0))[0]} / "
+            f"{bands_arm.get(b, (0, 0))[1]}/{bands_arm.get(b, (0, 0))[0]}"
+            for b in ("< 0.7", "0.7-0.85", ">= 0.85")
+        ]
+        name = path.stem.removeprefix("suite_tuning_").removesuffix("_screen")
+        print(f"| {name} | {len(arm)} | {n_base} / {n_arm} | {'; '.join(cells)} |")
 
 
 def plot(points: dict[str, tuple[float, float]], path: str) -> None:
@@ -85,12 +122,17 @@ def main() -> None:
         help="also draw the changes of like@300 and balance of the screens run "
         "against today's default (AGAINST_TODAY) here",
     )
+    ap.add_argument("--dips", action="store_true", help="print the like-rate dips of the screens run against today's "
+                    "default instead")  # fmt: skip
     args = ap.parse_args()
     points = {}
     cache = json.loads(Path("benchmarks/results/suite-held-out/base_reference.json").read_text())
     refs = {(key.split("|")[0], ""): {int(c): v for c, v in shares.items()} for key, shares in cache.items()}
     lines = Path("benchmarks/results/suite-tuning/results.jsonl").read_text().splitlines()
     default = {(r["taste"], r["seed"]): r for r in map(json.loads, lines)}
+    if args.dips:
+        today = [Path(f"docs/experiments/results/suite_tuning_{name}_screen.jsonl") for name in AGAINST_TODAY]
+        return print_dips(default, [p for p in today if p.exists()])
     print("| screen | sessions | like@100 default / arm | like@300 | balance, flags: default (first evaluation "
           "-> 2,000 base samples) | the arm |")  # fmt: skip
     print("|---|---|---|---|---|---|")
