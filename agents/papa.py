@@ -26,10 +26,10 @@ from papa_env.agents.selection import (
     Pool,
     UNetFeatures,
     draw_pool,
+    k_center,
     kmeans,
     make_features,
     make_selector,
-    medoids,
     quota_pick,
     spread_from,
 )
@@ -82,9 +82,9 @@ class PAPAConfig:
     in the base UNet's features, continued from every base query shown before), so the base's images a user replies
     to cover its kinds evenly instead of as a few draws happen to (1: shown as drawn)"""
     tuned_candidates: int = 1
-    """tuned-model candidates drawn per tuned query shown; the ones shown are one typical candidate per k-means
-    cluster of them in the base UNet's features, so the likes the model learns from cover the kinds it draws less
-    often, not only the kinds it already favours (1: shown as drawn)"""
+    """tuned-model candidates drawn per tuned query shown; the ones shown are spread over them (greedy k-center in
+    the base UNet's features), so the likes the model learns from cover the kinds it draws less often, not only
+    the kinds it already favours (1: shown as drawn)"""
     base_strata: int = 0
     """with base_candidates: instead of spreading, the base queries follow the base's own proportions over this many
     strata (k-means of the base UNet's features of 100 base samples drawn when the agent is built; each base query
@@ -286,7 +286,7 @@ class PAPA:
                          **self.sampling)  # fmt: skip
         keep_tuned = torch.arange(drawn_tuned)
         if drawn_tuned > n_tuned:  # keep n_tuned: spread over the tuned model's candidates
-            keep_tuned = medoids(self.base_features(pool.images[keep_tuned]), n_tuned)
+            keep_tuned = k_center(self.base_features(pool.images[keep_tuned]), n_tuned)
         keep = torch.arange(drawn_tuned, drawn_tuned + drawn)
         if drawn > n_base:  # keep n_base: those farthest from the base queries shown before, or by the strata quota
             feats = self.base_features(pool.images[keep])

@@ -289,18 +289,6 @@ def kmeans(features: torch.Tensor, k: int, generator: torch.Generator, iters: in
     return centroids.float()
 
 
-def medoids(features: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """k distinct candidates, each the nearest to one centroid of a k-means of ``features`` (seeded): one typical
-    candidate per cluster, where :func:`k_center` takes the extremes."""
-    f = features.double()
-    centroids = kmeans(features, k, torch.Generator().manual_seed(seed)).double()
-    dist, chosen = torch.cdist(centroids, f), []
-    for row in dist:
-        row[chosen] = float("inf")
-        chosen.append(int(row.argmin()))
-    return torch.tensor(chosen, dtype=torch.long)
-
-
 def quota_pick(strata: torch.Tensor, shares: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` of the candidates (their strata (M,)), one at a time the one whose stratum is furthest under its quota
     (``shares`` (S,) of everything shown; ``counts`` (S,) shown so far): systematic, not independent, sampling, so a

@@ -348,14 +348,14 @@ def test_base_candidates_show_the_base_queries_farthest_from_those_shown_before(
 def test_tuned_candidates_show_the_tuned_queries_spread_over_their_candidates(tiny_unet, monkeypatch) -> None:
     agent = _agent(tiny_unet, base_queries=2, tuned_candidates=3)
     calls = []
-    real = papa_mod.medoids
-    monkeypatch.setattr(papa_mod, "medoids", lambda f, k: calls.append((f, real(f, k))) or calls[-1][1])
+    real = papa_mod.k_center
+    monkeypatch.setattr(papa_mod, "k_center", lambda f, k: calls.append((f, real(f, k))) or calls[-1][1])
     gen = torch.Generator().manual_seed(0)
     q = agent.propose(gen)
     feats, picked = calls[0]
     assert q.shape == (10, 1, 28, 28) and len(feats) == 24 and len(picked) == 8  # 3 candidates per tuned query
     assert torch.allclose(agent.base_features(torch.as_tensor(q[:8])), feats[picked], atol=1e-5)  # shown: the picked
-    assert torch.equal(picked, real(feats, 8))  # one typical candidate per k-means cluster of their features
+    assert torch.equal(picked, real(feats, 8))  # spread: greedy k-center over the candidates' base-UNet features
     replay = _agent(tiny_unet, base_queries=2, tuned_candidates=3)  # the same generator state: the same choice
     assert np.array_equal(replay.propose(torch.Generator().manual_seed(0)), q)
     plain = _agent(tiny_unet, base_queries=2).propose(torch.Generator().manual_seed(0))

@@ -19,7 +19,6 @@ from papa_env.agents.selection import (
     k_center,
     kmeans,
     make_selector,
-    medoids,
     quota_pick,
     spread_from,
 )
@@ -101,17 +100,6 @@ def test_kmeans_finds_separated_clusters() -> None:
     points = centres.repeat_interleave(10, 0) + 0.1 * torch.randn(30, 2, generator=g)
     found = kmeans(points, 3, torch.Generator().manual_seed(1))
     assert torch.cdist(found, centres).min(1).values.max() < 0.2
-
-
-def test_medoids_take_one_typical_candidate_per_cluster() -> None:
-    g = torch.Generator().manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    points = torch.cat([centres[c] + 0.3 * torch.randn(n, 2, generator=g) for c, n in ((0, 12), (1, 5), (2, 3))])
-    points = torch.cat([points, torch.tensor([[4.0, 4.0]])])  # an outlier between the clusters
-    picked = medoids(points, 3)
-    clusters = torch.cdist(points[picked], centres).argmin(1)
-    assert sorted(clusters.tolist()) == [0, 1, 2] and 20 not in picked.tolist()  # each cluster once, never the outlier
-    assert len(set(medoids(points[:2].repeat(3, 1), 4).tolist())) == 4  # distinct even among duplicates
 
 
 def test_k_center_never_picks_a_candidate_twice() -> None:
