@@ -26,19 +26,23 @@ REFERENCE = Path(__file__).parents[2] / "benchmarks/results/suite-held-out/base_
 _make_agent = harness.make_agent
 
 
+def base_shares(user) -> torch.Tensor:
+    """(10,) the base model's class shares on 2,000 samples, for the data set of ``user``."""
+    refs = json.loads(REFERENCE.read_text())
+    shares = next(v for k, v in refs.items() if ("Fashion" in k) == ("fashion" in user.dataset))
+    return torch.tensor([shares[str(c)] for c in range(10)], dtype=torch.float64) / sum(shares.values())
+
+
 def make_agent(spec, env):
     agent = _make_agent(spec, env)
     if not getattr(agent, "cfg", None) or not agent.cfg.base_strata:
         return agent
     user = env.unwrapped.oracle.unwrapped  # the classifier user, under any noise wrapper
-    fashion = "fashion" in user.dataset
-    refs = json.loads(REFERENCE.read_text())
-    shares = next(v for k, v in refs.items() if ("Fashion" in k) == fashion)
     agent.base_features = lambda images: torch.nn.functional.one_hot(
         user.probabilities(images.float()).argmax(-1), 10
     ).float()
     agent.centroids = torch.eye(10)  # a one-hot row's nearest centroid is its class
-    agent.shares = torch.tensor([shares[str(c)] for c in range(10)]) / sum(shares.values())
+    agent.shares = base_shares(user).float()
     return agent
 
 

@@ -1,0 +1,69 @@
+"""A diagnostic of issue 22, never a candidate: what would the tuned model's own queries, chosen by the user's liked
+classes in the base's proportions, buy the balance? (lab log `suite-defaults.md`, "An upper bound for a class-aware
+spread ...")
+
+    python docs/experiments/oracle_tuned_quota.py --suite tuning --tastes mnist-0-1-5-7 --agents epapa --seeds 3 \
+        --workers 1 --threads 1 --eval-samples 100 --no-grid --override '{"tuned_candidates": 3}' \
+        --out runs/oracle-tuned-quota
+
+``python -m benchmarks.suite`` with one change: of the ``tuned_candidates`` x as many tuned-model candidates as
+tuned queries, `epapa` keeps, one at a time, a candidate of the *liked* class furthest under its quota (the base's
+class shares on 2,000 samples, renormalised over the user's liked classes; counted over the tuned queries shown so
+far in the session), and only when no liked candidate is left the first one drawn. It is the best that a feature
+space separating the user's kinds perfectly, with each kind's like-rate known, could do with this lever. The agent
+sees the user's classes: privileged, which is why this lives here and not in ``agents/``. ``--workers 1`` only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from oracle_strata import base_shares
+
+import papa_env.agents.papa as papa
+import papa_env.harness as harness
+
+_make_agent = harness.make_agent
+state: dict[str, torch.Tensor] = {}  # of the session being run (one at a time in this process)
+
+
+def quota_of_liked(features: torch.Tensor, n: int) -> torch.Tensor:
+    """Stands in for ``k_center`` on the tuned candidates; ``features`` are one-hot user classes."""
+    classes, chosen = features.argmax(1), []
+    for _ in range(n):
+        left = [i for i in range(len(classes)) if i not in chosen]
+        liked = [i for i in left if state["shares"][classes[i]] > 0]
+        if liked:
+            deficit = state["shares"] * (state["counts"].sum() + 1) - state["counts"]
+            best = max(liked, key=lambda i: (float(deficit[classes[i]]), -i))
+            state["counts"][classes[best]] += 1
+        else:
+            best = left[0]
+        chosen.append(best)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def make_agent(spec, env):
+    agent = _make_agent(spec, env)
+    if not getattr(agent, "cfg", None) or agent.cfg.tuned_candidates < 2:
+        return agent
+    user = env.unwrapped.oracle.unwrapped  # the classifier user, under any noise wrapper
+    shares = base_shares(user)
+    mask = torch.zeros(10)
+    mask[list(user.preference)] = 1.0
+    state["shares"] = shares * mask / (shares * mask).sum()
+    state["counts"] = torch.zeros(10, dtype=torch.float64)
+    agent.base_features = lambda images: torch.nn.functional.one_hot(
+        user.probabilities(images.float()).argmax(-1), 10
+    ).float()
+    return agent
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--workers" in argv and argv[argv.index("--workers") + 1] != "1":
+        sys.exit("expected --workers 1: the change to the agent is made in this process only")
+    papa.k_center = quota_of_liked
+    harness.make_agent = make_agent
+    harness.main(argv)
