@@ -7,11 +7,13 @@ spread ...")
         --out runs/oracle-tuned-quota
 
 ``python -m benchmarks.suite`` with one change: of the ``tuned_candidates`` x as many tuned-model candidates as
-tuned queries, `epapa` keeps, one at a time, a candidate of the *liked* class furthest under its quota (the base's
-class shares on 2,000 samples, renormalised over the user's liked classes; counted over the tuned queries shown so
-far in the session), and only when no liked candidate is left the first one drawn. It is the best that a feature
-space separating the user's kinds perfectly, with each kind's like-rate known, could do with this lever. The agent
-sees the user's classes: privileged, which is why this lives here and not in ``agents/``. ``--workers 1`` only.
+tuned queries, `epapa` shows as many liked ones as the first drawn hold (what the person would see without it), each
+of the *liked* class furthest under its quota (the base's class shares on 2,000 samples, renormalised over the
+user's liked classes; counted over the tuned queries shown so far in the session), and for the rest the first
+disliked ones drawn. It is the best that a feature space separating the user's kinds perfectly could do with this
+lever at the like share as drawn. ``--only-likes``: the first version, liked candidates while any is left (it also
+shows more likes). The agent sees the user's classes: privileged, which is why this lives here and not in
+``agents/``. ``--workers 1`` only.
 """
 
 from __future__ import annotations
@@ -25,22 +27,28 @@ import papa_env.agents.papa as papa
 import papa_env.harness as harness
 
 _make_agent = harness.make_agent
-state: dict[str, torch.Tensor] = {}  # of the session being run (one at a time in this process)
+state: dict = {}  # of the session being run (one at a time in this process)
+ONLY_LIKES = "--only-likes" in sys.argv  # the first version: liked candidates first, whatever the share drawn
 
 
 def quota_of_liked(features: torch.Tensor, n: int) -> torch.Tensor:
-    """Stands in for ``k_center`` on the tuned candidates; ``features`` are one-hot user classes."""
-    classes, chosen = features.argmax(1), []
-    for _ in range(n):
-        left = [i for i in range(len(classes)) if i not in chosen]
-        liked = [i for i in left if state["shares"][classes[i]] > 0]
-        if liked:
-            deficit = state["shares"] * (state["counts"].sum() + 1) - state["counts"]
-            best = max(liked, key=lambda i: (float(deficit[classes[i]]), -i))
-            state["counts"][classes[best]] += 1
-        else:
-            best = left[0]
+    """Stands in for ``k_center`` on the tuned candidates (``features``: one-hot user classes): as many liked ones as
+    the first ``n`` drawn hold (the share the person would see as drawn), each of the liked class furthest under its
+    quota, and the rest the first disliked ones drawn. With ``state["only_likes"]``: liked ones while any is left."""
+    classes = features.argmax(1).tolist()
+    is_liked = [bool(state["shares"][c] > 0) for c in classes]
+    n_liked = n if state["only_likes"] else sum(is_liked[:n])
+    chosen = []
+    for _ in range(n_liked):
+        left = [i for i in range(len(classes)) if is_liked[i] and i not in chosen]
+        if not left:
+            break
+        deficit = state["shares"] * (state["counts"].sum() + 1) - state["counts"]
+        best = max(left, key=lambda i: (float(deficit[classes[i]]), -i))
+        state["counts"][classes[best]] += 1
         chosen.append(best)
+    chosen += [i for i in range(len(classes)) if i not in chosen and not is_liked[i]][: n - len(chosen)]
+    chosen += [i for i in range(len(classes)) if i not in chosen][: n - len(chosen)]  # too few dislikes drawn
     return torch.tensor(chosen, dtype=torch.long)
 
 
@@ -54,6 +62,7 @@ def make_agent(spec, env):
     mask[list(user.preference)] = 1.0
     state["shares"] = shares * mask / (shares * mask).sum()
     state["counts"] = torch.zeros(10, dtype=torch.float64)
+    state["only_likes"] = ONLY_LIKES
     agent.base_features = lambda images: torch.nn.functional.one_hot(
         user.probabilities(images.float()).argmax(-1), 10
     ).float()
@@ -61,7 +70,7 @@ def make_agent(spec, env):
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
+    argv = [a for a in sys.argv[1:] if a != "--only-likes"]
     if "--workers" in argv and argv[argv.index("--workers") + 1] != "1":
         sys.exit("expected --workers 1: the change to the agent is made in this process only")
     papa.k_center = quota_of_liked
