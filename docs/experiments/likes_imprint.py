@@ -46,6 +46,8 @@ def session(folder: str, judges: dict, refs: dict) -> dict | None:
         r = json.loads(line)
         if "eval/like_rate_judge" in r:
             evals[r["replies"]] = np.array([r[f"eval/class_share/{c}"] for c in liked])
+    if 300 not in evals:  # a session still running
+        return None
     steps = [np.load(f) for f in sorted(glob.glob(f"{folder}/queries/step_*.npz"))[:10]]
     queries = torch.as_tensor(np.concatenate([z["queries"] for z in steps]))
     replies = np.concatenate([z["replies"] for z in steps])
