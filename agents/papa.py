@@ -105,9 +105,6 @@ class PAPAConfig:
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
     """the moving average takes only the optimizer updates after this many (a tail average)"""
-    ema_warmup: float | None = None
-    """with ema_decay: the decay ramps up over the n updates after ema_start as 1 - (1 + n)^-ema_warmup (diffusers'
-    EMA warm-up at this power) until it reaches ema_decay; None: ema_decay at once"""
     queries_per_step: int = 10
     """K, queries per interaction (must match the env's)"""
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -145,8 +142,6 @@ class PAPAConfig:
              "base_queries", ("fewer_base_queries",)),
             (lambda v: 0 <= v <= 1, "in [0, 1]", ("catch_up_below",)),
             (lambda v: v is None or 0 < v < 1, "in (0, 1) or None", ("ema_decay",)),
-            (lambda v: v is None or v > 0 and self.ema_decay is not None, "> 0 with ema_decay, or None",
-             ("ema_warmup",)),
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
             (lambda v: v in ("ddim", "ddpm"), "'ddim' or 'ddpm'", ("sampler",)),
@@ -258,11 +253,9 @@ class PAPA:
         self.base = unet.eval().requires_grad_(False)
         self.unet = copy.deepcopy(unet).train().requires_grad_(True)
         self.sampled, self.ema = self.unet, None  # the weights queries are drawn from: the latest, or their average
-        if config.ema_decay is not None:  # diffusers' update_after_step: the latest weights until then
-            warm = config.ema_warmup is not None
-            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay,
-                                min_decay=0.0 if warm else config.ema_decay, update_after_step=config.ema_start,
-                                use_ema_warmup=warm, power=config.ema_warmup or 2 / 3)  # fmt: skip
+        if config.ema_decay is not None:  # diffusers' update_after_step: the latest weights until then, no warm-up
+            self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, min_decay=config.ema_decay,
+                                update_after_step=config.ema_start)  # fmt: skip
             self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
         self.sampling = dict(sampler=config.sampler, num_steps=config.num_sampling_steps, eta=config.eta)

@@ -185,8 +185,6 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"ema_decay": 1.0},
         {"ema_decay": 0.0},
         {"ema_start": -1},
-        {"ema_warmup": 0.0},
-        {"ema_warmup": 0.5, "ema_decay": None},
         {"sampler": "euler"},
         {"num_sampling_steps": 0},
     ],
@@ -259,26 +257,6 @@ def test_ema_samples_from_a_tail_average_of_the_trained_weights_and_survives_a_r
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(resumed.sampled), _weights(agent.sampled)))
     latest = _agent(tiny_unet, updates_per_interaction=1)  # the authors': sample from the latest weights
     assert latest.model() is latest.sampled is latest.unet is latest.policy
-
-
-def test_ema_warmup_ramps_the_decay_up_to_ema_decay_and_survives_a_resume(tiny_unet) -> None:
-    kw = dict(ema_decay=0.6, ema_start=1, ema_warmup=1.0, updates_per_interaction=1, k=300)
-    agent = _agent(tiny_unet, **kw)
-    q = agent.propose(torch.Generator().manual_seed(0))
-    for _ in range(2):  # updates 1 and 2: the latest weights, as without the warm-up
-        agent.learn(q, REPLIES)
-    w2 = _weights(agent.unet)
-    agent.learn(q, REPLIES)  # update 3, the first averaged: decay 1 - (1 + 1)^-1 = 0.5, under ema_decay
-    expected = [0.5 * a + 0.5 * b for a, b in zip(w2, _weights(agent.unet))]
-    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(_weights(agent.sampled), expected))
-    state, avg3 = copy.deepcopy(agent.state_dict()), _weights(agent.sampled)
-    agent.learn(q, REPLIES)  # update 4: 1 - (1 + 2)^-1 = 0.667, capped at ema_decay 0.6
-    expected = [0.6 * a + 0.4 * b for a, b in zip(avg3, _weights(agent.unet))]
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(agent.sampled), expected))
-    resumed = _agent(tiny_unet, **kw)
-    resumed.load_state_dict(state)
-    resumed.learn(q, REPLIES)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(_weights(resumed.sampled), _weights(agent.sampled)))
 
 
 def test_reply_baseline_is_the_mean_of_recent_signed_replies_and_mutes_likes_when_all_are_liked(tiny_unet) -> None:
