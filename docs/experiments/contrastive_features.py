@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
+    if args.steps < 1 or args.batch < 2:
+        parser.error("expected --steps >= 1 and --batch >= 2 (a batch holds the negatives of NT-Xent)")
     rows = []
     for dataset in ("mnist", "fashion-mnist"):
         enc = train(load_dataset(dataset, "train").images, args.steps, args.batch, seed=0)

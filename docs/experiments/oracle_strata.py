@@ -33,14 +33,17 @@ def base_shares(user) -> torch.Tensor:
     return torch.tensor([shares[str(c)] for c in range(10)], dtype=torch.float64) / sum(shares.values())
 
 
+def user_classes(user):
+    """Features that are the user's own classifier's class of each image, one-hot (10,): privileged."""
+    return lambda images: torch.nn.functional.one_hot(user.probabilities(images.float()).argmax(-1), 10).float()
+
+
 def make_agent(spec, env):
     agent = _make_agent(spec, env)
     if not getattr(agent, "cfg", None) or not agent.cfg.base_strata:
         return agent
     user = env.unwrapped.oracle.unwrapped  # the classifier user, under any noise wrapper
-    agent.base_features = lambda images: torch.nn.functional.one_hot(
-        user.probabilities(images.float()).argmax(-1), 10
-    ).float()
+    agent.base_features = user_classes(user)
     agent.centroids = torch.eye(10)  # a one-hot row's nearest centroid is its class
     agent.shares = base_shares(user).float()
     return agent

@@ -21,10 +21,11 @@ from __future__ import annotations
 import sys
 
 import torch
-from oracle_strata import base_shares
+from oracle_strata import base_shares, user_classes
 
 import papa_env.agents.papa as papa
 import papa_env.harness as harness
+from papa_env.agents.selection import quota_pick
 
 _make_agent = harness.make_agent
 state: dict = {}  # of the session being run (one at a time in this process)
@@ -38,15 +39,12 @@ def quota_of_liked(features: torch.Tensor, n: int) -> torch.Tensor:
     classes = features.argmax(1).tolist()
     is_liked = [bool(state["shares"][c] > 0) for c in classes]
     n_liked = n if state["only_likes"] else sum(is_liked[:n])
-    chosen = []
-    for _ in range(n_liked):
-        left = [i for i in range(len(classes)) if is_liked[i] and i not in chosen]
-        if not left:
-            break
-        deficit = state["shares"] * (state["counts"].sum() + 1) - state["counts"]
-        best = max(left, key=lambda i: (float(deficit[classes[i]]), -i))
-        state["counts"][classes[best]] += 1
-        chosen.append(best)
+    liked = [i for i in range(len(classes)) if is_liked[i]]
+    strata = torch.tensor([classes[i] for i in liked], dtype=torch.long)
+    picked = quota_pick(strata, state["shares"], state["counts"], min(n_liked, len(liked)))
+    chosen = [liked[j] for j in picked]
+    for i in chosen:
+        state["counts"][classes[i]] += 1
     chosen += [i for i in range(len(classes)) if i not in chosen and not is_liked[i]][: n - len(chosen)]
     chosen += [i for i in range(len(classes)) if i not in chosen][: n - len(chosen)]  # too few dislikes drawn
     return torch.tensor(chosen, dtype=torch.long)
@@ -63,9 +61,7 @@ def make_agent(spec, env):
     state["shares"] = shares * mask / (shares * mask).sum()
     state["counts"] = torch.zeros(10, dtype=torch.float64)
     state["only_likes"] = ONLY_LIKES
-    agent.base_features = lambda images: torch.nn.functional.one_hot(
-        user.probabilities(images.float()).argmax(-1), 10
-    ).float()
+    agent.base_features = user_classes(user)
     return agent
 
 
