@@ -77,9 +77,11 @@ class PAPAConfig:
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
     objective: Literal["papa", "nft"] = "papa"
     """the reply term: PAPA's signed push (a dislike's has no end), or DiffusionNFT's bounded two-branch fit (arXiv
-    2509.16117): the implicit eps_old + y * nft_beta * (eps_theta - eps_old) fits eps, eps_old from the weights the
-    queries are drawn from; its optimum moves eps_theta from eps_old toward the likes and away from the dislikes by
-    (2 P(like | x_t) - 1) / nft_beta of their gap, and stops (reply_weight and dislike_margin do not apply)"""
+    2509.16117): with r in [0, 1] a reply's optimality, r ||eps_old + beta d - eps||^2 + (1 - r) ||eps_old - beta d -
+    eps||^2, d = eps_theta - eps_old and eps_old from the weights the queries were drawn from; a row's optimum is
+    eps_old + (2r - 1) (eps - eps_old) / beta, so it stops (dislike_margin does not apply). r = 1 for a like, 0 for a
+    dislike; with reply_baseline, NFT's normalised reward 1/2 + (y - b) / (2 (1 + |b|)), so a reply as common as the
+    baseline is neutral"""
     nft_beta: float = 1.0
     """with objective="nft": the implicit policy's step from eps_old (smaller: a larger move per fit)"""
     base_queries: int = 0
@@ -222,18 +224,25 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
     scale = (T - cfg.k) / m  # 1. m uniform draws of t in [k, T) estimate a sum of T - k terms (1 for the full sum)
     rows = shard(b * m)  # this process's rows: all of them, or its share under torchrun (papa_env.distributed)
     rows_img, rows_t = torch.arange(b).repeat_interleave(m)[rows], timesteps.reshape(-1)[rows]
-    liked, r = (y > 0).float(), y.abs() if nft else y if reply_weight is None else reply_weight
+    liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
+    if nft:  # each reply's optimality in [0, 1] (1 like, 0 dislike; with reply_weight = y - b, NFT's normalised
+        optimal = liked  # reward); the reply term's weight is then |y|: skips weigh 0
+        if reply_weight is not None and bool((y != 0).any()):
+            baseline = float((y - reply_weight)[y != 0][0])
+            optimal = 0.5 + 0.5 * reply_weight / (1 + abs(baseline))
+        r = y.abs()
     total, pref_sum, model_sum = torch.zeros(()), 0.0, 0.0
     for start in range(0, len(rows_t), chunk):
         i, t = rows_img[start : start + chunk], rows_t[start : start + chunk]
         x_t = q_sample(x0[i], noise[i], t, abar)  # 2. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)
         eps_hat = unet(x_t, t).sample  # 3. eps_theta(x_t, t)
-        fitted = eps_hat
-        if nft:  # 3'. the implicit policy eps_old + y beta (eps_theta - eps_old): (1 - beta) eps_old + beta eps_theta
-            with torch.no_grad():  # for a like, (1 + beta) eps_old - beta eps_theta for a dislike
+        err = ((eps_hat - noise[i]) ** 2).mean((1, 2, 3))  # ||eps_theta - eps||^2, a mean over pixels
+        if nft:  # 3'. the implicit policies eps_old +- beta (eps_theta - eps_old), weighted by r and 1 - r
+            with torch.no_grad():
                 eps_old = old(x_t, t).sample
-            fitted = eps_old + torch.sign(y[i]).view(-1, 1, 1, 1) * cfg.nft_beta * (eps_hat - eps_old)
-        err = ((fitted - noise[i]) ** 2).mean((1, 2, 3))  # ||eps_theta - eps||^2, a mean over pixels
+            step = cfg.nft_beta * (eps_hat - eps_old)
+            pos, neg = (((eps_old + s * step - noise[i]) ** 2).mean((1, 2, 3)) for s in (1, -1))
+            err = optimal[i] * pos + (1 - optimal[i]) * neg
         need_anchor = bool(cfg.model_coef) and bool(liked[i].any())
         bounded = not nft and cfg.dislike_margin is not None and bool((y[i] < 0).any())
         if need_anchor or bounded:

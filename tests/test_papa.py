@@ -119,27 +119,33 @@ def test_dislike_margin_stops_pushing_a_disliked_query_past_the_cap() -> None:
     assert grad(a, base_a, 0.5) == pytest.approx(grad(a, base_a, None), rel=1e-6) != 0.0
 
 
-def test_nft_objective_fits_the_implicit_policy_and_a_dislike_stops_where_papas_push_never_does() -> None:
-    """objective="nft": a like's row fits eps_old + beta (eps_theta - eps_old) to eps, a dislike's eps_old - beta
-    (eps_theta - eps_old); a dislike's loss has its minimum at eps_theta = eps_old - (eps - eps_old) / beta, where
-    PAPA's signed term keeps falling as eps_theta moves away."""
+def test_nft_objective_fits_the_implicit_policies_and_a_dislike_stops_where_papas_push_never_does() -> None:
+    """objective="nft": each row fits r ||eps_old + beta d - eps||^2 + (1 - r) ||eps_old - beta d - eps||^2 (d =
+    eps_theta - eps_old; r = 1 like, 0 dislike, or with a reply baseline b NFT's normalised 1/2 + (y - b) / (2 (1 +
+    |b|))); a dislike's loss has its minimum at eps_theta = eps_old - (eps - eps_old) / beta, where PAPA's signed
+    term keeps falling as eps_theta moves away."""
     cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009, k=400, timesteps_per_image=1, objective="nft", nft_beta=0.5)
     x0, noise = torch.full((2, 1, 28, 28), 0.5), torch.full((2, 1, 28, 28), 1.0)
     ts, y = torch.tensor([[410], [700]]), torch.tensor([1.0, -1.0])
     unet, old, base = Linear(0.5), Linear(0.3), Linear(0.2, b=1.0)
     with pytest.raises(ValueError, match="needs the weights the queries were drawn from"):
         papa_loss(unet, base, x0, y, ts, noise, cfg)
-    out = papa_loss(unet, base, x0, y, ts, noise, cfg, reply_weight=torch.tensor([9.0, 9.0]), old=old)  # ignored
     w, abar = elbo_weights(make_scheduler()).double(), make_scheduler().alphas_cumprod.double()
-    expected = 0.0
-    for i, sign in enumerate((1, -1)):
-        t = int(ts[i, 0])
-        xt = abar[t].sqrt() * 0.5 + (1 - abar[t]).sqrt() * 1.0
-        implicit = 0.3 * xt + sign * 0.5 * (0.5 * xt - 0.3 * xt)
-        expected += 0.1 * 600 * w[t] * (implicit - 1.0) ** 2
-        if sign > 0:
-            expected += 0.009 * (0.5 * xt - (0.2 * xt + t / 1000)) ** 2
-    assert out["loss"] == pytest.approx(float(expected) / 2, rel=1e-5)
+
+    def expected(optimal: list[float]) -> float:
+        total = 0.0
+        for i in range(2):
+            t = int(ts[i, 0])
+            xt = abar[t].sqrt() * 0.5 + (1 - abar[t]).sqrt() * 1.0
+            pos, neg = ((0.3 * xt + s * 0.5 * (0.5 * xt - 0.3 * xt) - 1.0) ** 2 for s in (1, -1))
+            total += 0.1 * 600 * w[t] * (optimal[i] * pos + (1 - optimal[i]) * neg)
+            if y[i] > 0:
+                total += 0.009 * (0.5 * xt - (0.2 * xt + t / 1000)) ** 2
+        return float(total) / 2
+
+    assert papa_loss(unet, base, x0, y, ts, noise, cfg, old=old)["loss"] == pytest.approx(expected([1, 0]), rel=1e-5)
+    centred = papa_loss(unet, base, x0, y, ts, noise, cfg, reply_weight=y + 0.6, old=old)  # b = -0.6: 20% liked
+    assert centred["loss"] == pytest.approx(expected([1.0, 0.5 - 0.5 * 0.4 / 1.6]), rel=1e-5)
 
     def dislike_loss(a: float, objective: str) -> tuple[float, float]:
         model = Linear(a)
