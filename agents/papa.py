@@ -75,15 +75,6 @@ class PAPAConfig:
     and ``catch_up_updates`` always apply"""
     dislike_margin: float | None = None
     """a disliked query stops pushing once its error is (1 + margin) x the base model's (None: unbounded)"""
-    objective: Literal["papa", "nft"] = "papa"
-    """the reply term: PAPA's signed push (a dislike's has no end), or DiffusionNFT's bounded two-branch fit (arXiv
-    2509.16117): with r in [0, 1] a reply's optimality, r ||eps_old + beta d - eps||^2 + (1 - r) ||eps_old - beta d -
-    eps||^2, d = eps_theta - eps_old and eps_old from the weights the queries were drawn from; a row's optimum is
-    eps_old + (2r - 1) (eps - eps_old) / beta, so it stops (dislike_margin does not apply). r = 1 for a like, 0 for a
-    dislike; with reply_baseline, NFT's normalised reward 1/2 + (y - b) / (2 (1 + |b|)), so a reply as common as the
-    baseline is neutral"""
-    nft_beta: float = 1.0
-    """with objective="nft": the implicit policy's step from eps_old (smaller: a larger move per fit)"""
     base_queries: int = 0
     """of the queries drawn (K, or pool_size), this many come from the frozen base model (drawn last)"""
     base_candidates: int = 1
@@ -154,8 +145,6 @@ class PAPAConfig:
             (lambda v: 0 <= v < T, f"in [0, {T})", ("k",)),
             (lambda v: 1 <= v <= T, f"in [1, {T}]", ("num_sampling_steps",)),
             (lambda v: v in ("ddim", "ddpm"), "'ddim' or 'ddpm'", ("sampler",)),
-            (lambda v: v in ("papa", "nft"), "'papa' or 'nft'", ("objective",)),
-            (lambda v: v > 0, "> 0", ("nft_beta",)),
         ]
         bad = [f"{f} must be {rule}, got {getattr(self, f)!r}" for holds, rule, fields in rules for f in fields
                if not holds(getattr(self, f))]
@@ -202,7 +191,7 @@ def draw_timesteps(n_images: int, cfg: PAPAConfig, generator: torch.Generator) -
 
 def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor,
               noise: torch.Tensor, cfg: PAPAConfig, reply_weight: torch.Tensor | None = None, backward: bool = False,
-              chunk: int = 250, old: torch.nn.Module | None = None) -> dict[str, Any]:  # fmt: skip
+              chunk: int = 250) -> dict[str, Any]:  # fmt: skip
     """PAPA's loss of a batch of queries, summed over its (query, timestep) rows and averaged over queries:
     ``{"loss", "losses/pref", "losses/model"}`` as floats, and with ``backward=False`` the graph as ``"tensor"``.
 
@@ -214,37 +203,21 @@ def papa_loss(unet: torch.nn.Module, base: torch.nn.Module, x0: torch.Tensor, y:
             the anchor and the dislike bound still follow the sign ``y``.
         backward: accumulate gradients chunk by chunk instead of returning a graph; chunk: rows per forward pass
             (bounds memory, not the result).
-        old: with ``objective="nft"``, the frozen weights the queries were drawn from (eps_old).
     """
-    nft = cfg.objective == "nft"
-    if nft and old is None:
-        raise ValueError('objective="nft" needs the weights the queries were drawn from: papa_loss(..., old=...)')
     b, m = timesteps.shape
     abar, w = (v.to(x0.device) for v in noise_schedule())
     scale = (T - cfg.k) / m  # 1. m uniform draws of t in [k, T) estimate a sum of T - k terms (1 for the full sum)
     rows = shard(b * m)  # this process's rows: all of them, or its share under torchrun (papa_env.distributed)
     rows_img, rows_t = torch.arange(b).repeat_interleave(m)[rows], timesteps.reshape(-1)[rows]
     liked, r = (y > 0).float(), y if reply_weight is None else reply_weight
-    if nft:  # each reply's optimality in [0, 1] (1 like, 0 dislike; with reply_weight = y - b, NFT's normalised
-        optimal = liked  # reward); the reply term's weight is then |y|: skips weigh 0
-        if reply_weight is not None and bool((y != 0).any()):
-            baseline = float((y - reply_weight)[y != 0][0])
-            optimal = 0.5 + 0.5 * reply_weight / (1 + abs(baseline))
-        r = y.abs()
     total, pref_sum, model_sum = torch.zeros(()), 0.0, 0.0
     for start in range(0, len(rows_t), chunk):
         i, t = rows_img[start : start + chunk], rows_t[start : start + chunk]
         x_t = q_sample(x0[i], noise[i], t, abar)  # 2. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)
         eps_hat = unet(x_t, t).sample  # 3. eps_theta(x_t, t)
         err = ((eps_hat - noise[i]) ** 2).mean((1, 2, 3))  # ||eps_theta - eps||^2, a mean over pixels
-        if nft:  # 3'. the implicit policies eps_old +- beta (eps_theta - eps_old), weighted by r and 1 - r
-            with torch.no_grad():
-                eps_old = old(x_t, t).sample
-            step = cfg.nft_beta * (eps_hat - eps_old)
-            pos, neg = (((eps_old + s * step - noise[i]) ** 2).mean((1, 2, 3)) for s in (1, -1))
-            err = optimal[i] * pos + (1 - optimal[i]) * neg
         need_anchor = bool(cfg.model_coef) and bool(liked[i].any())
-        bounded = not nft and cfg.dislike_margin is not None and bool((y[i] < 0).any())
+        bounded = cfg.dislike_margin is not None and bool((y[i] < 0).any())
         if need_anchor or bounded:
             with torch.no_grad():
                 eps_base = base(x_t, t).sample  # eps_base(x_t, t), the frozen model's prediction
@@ -285,9 +258,6 @@ class PAPA:
                                 update_after_step=config.ema_start)  # fmt: skip
             self.sampled = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.policy = SwitchedUNet(self.sampled, self.base, config.k) if config.k else self.sampled
-        self.old = None  # with objective="nft": the weights this interaction's queries were drawn from, frozen
-        if config.objective == "nft":
-            self.old = self.sampled if self.ema is not None else copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.sampling = dict(sampler=config.sampler, num_steps=config.num_sampling_steps, eta=config.eta)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -371,8 +341,6 @@ class PAPA:
         if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
             stats["charts/reply_baseline"] = baseline
         behind = self.cfg.paired_replies or baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below
-        if self.old is not None and self.ema is None:  # (the average is copied to self.sampled only after the update)
-            self.old.load_state_dict(self.unet.state_dict())
         self.unet.train()
         for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
@@ -381,7 +349,7 @@ class PAPA:
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
             weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
             self.opt.zero_grad(set_to_none=True)
-            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, True, old=self.old)
+            out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
             self.opt.step()
             if self.ema is not None:

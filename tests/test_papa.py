@@ -119,48 +119,6 @@ def test_dislike_margin_stops_pushing_a_disliked_query_past_the_cap() -> None:
     assert grad(a, base_a, 0.5) == pytest.approx(grad(a, base_a, None), rel=1e-6) != 0.0
 
 
-def test_nft_objective_fits_the_implicit_policies_and_a_dislike_stops_where_papas_push_never_does() -> None:
-    """objective="nft": each row fits r ||eps_old + beta d - eps||^2 + (1 - r) ||eps_old - beta d - eps||^2 (d =
-    eps_theta - eps_old; r = 1 like, 0 dislike, or with a reply baseline b NFT's normalised 1/2 + (y - b) / (2 (1 +
-    |b|))); a dislike's loss has its minimum at eps_theta = eps_old - (eps - eps_old) / beta, where PAPA's signed
-    term keeps falling as eps_theta moves away."""
-    cfg = PAPAConfig(pref_coef=0.1, model_coef=0.009, k=400, timesteps_per_image=1, objective="nft", nft_beta=0.5)
-    x0, noise = torch.full((2, 1, 28, 28), 0.5), torch.full((2, 1, 28, 28), 1.0)
-    ts, y = torch.tensor([[410], [700]]), torch.tensor([1.0, -1.0])
-    unet, old, base = Linear(0.5), Linear(0.3), Linear(0.2, b=1.0)
-    with pytest.raises(ValueError, match="needs the weights the queries were drawn from"):
-        papa_loss(unet, base, x0, y, ts, noise, cfg)
-    w, abar = elbo_weights(make_scheduler()).double(), make_scheduler().alphas_cumprod.double()
-
-    def expected(optimal: list[float]) -> float:
-        total = 0.0
-        for i in range(2):
-            t = int(ts[i, 0])
-            xt = abar[t].sqrt() * 0.5 + (1 - abar[t]).sqrt() * 1.0
-            pos, neg = ((0.3 * xt + s * 0.5 * (0.5 * xt - 0.3 * xt) - 1.0) ** 2 for s in (1, -1))
-            total += 0.1 * 600 * w[t] * (optimal[i] * pos + (1 - optimal[i]) * neg)
-            if y[i] > 0:
-                total += 0.009 * (0.5 * xt - (0.2 * xt + t / 1000)) ** 2
-        return float(total) / 2
-
-    assert papa_loss(unet, base, x0, y, ts, noise, cfg, old=old)["loss"] == pytest.approx(expected([1, 0]), rel=1e-5)
-    centred = papa_loss(unet, base, x0, y, ts, noise, cfg, reply_weight=y + 0.6, old=old)  # b = -0.6: 20% liked
-    assert centred["loss"] == pytest.approx(expected([1.0, 0.5 - 0.5 * 0.4 / 1.6]), rel=1e-5)
-
-    def dislike_loss(a: float, objective: str) -> tuple[float, float]:
-        model = Linear(a)
-        c = replace(cfg, objective=objective, model_coef=0.0)
-        got = papa_loss(model, base, x0[1:], y[1:], ts[1:], noise[1:], c, backward=True, old=old)
-        return got["loss"], model.a.grad.item()
-
-    xt = float(abar[700].sqrt() * 0.5 + (1 - abar[700]).sqrt())
-    a_star = (0.3 * xt - (1.0 - 0.3 * xt) / 0.5) / xt  # eps_theta = eps_old - (eps - eps_old) / beta
-    assert dislike_loss(a_star, "nft")[1] == pytest.approx(0.0, abs=1e-6)
-    assert dislike_loss(a_star - 1, "nft")[0] > dislike_loss(a_star, "nft")[0] < dislike_loss(a_star + 1, "nft")[0]
-    papa = [dislike_loss(a, "papa")[0] for a in (a_star, a_star - 10, a_star - 100)]
-    assert papa[0] > papa[1] > papa[2]  # PAPA's push on a dislike has no end
-
-
 def test_epapa_trains_and_samples_the_tuned_model_only_above_k() -> None:
     seen: dict[str, list[int]] = {"tuned": [], "base": []}
 
@@ -470,14 +428,13 @@ def test_state_dict_round_trips_through_a_checkpoint_file(tiny_unet, tmp_path) -
 # learning a trivial user
 
 
-@pytest.mark.parametrize("k, objective", [(0, "papa"), (400, "papa"), (400, "nft")])
-def test_tiny_agent_learns_a_trivial_user(tiny_unet, k: int, objective: str) -> None:
+@pytest.mark.parametrize("k", [0, 400])
+def test_tiny_agent_learns_a_trivial_user(tiny_unet, k: int) -> None:
     probe = _agent(tiny_unet)
     base_brightness = probe.generate(200, torch.Generator().manual_seed(0)).mean((1, 2, 3))
     threshold = float(base_brightness.quantile(0.7))  # the base model's like-rate is ~0.3
     env = bright_env(200, threshold)
-    agent = _agent(tiny_unet, k=k, objective=objective)
-    records = run_session(agent, env, eval_every=100, evaluator=ToyEval(env), progress=False)
+    records = run_session(_agent(tiny_unet, k=k), env, eval_every=100, evaluator=ToyEval(env), progress=False)
     rates = [r["eval/like_rate_oracle"] for r in records]
     print(f"k={k}: like-rate {rates}")
     assert rates[0] < 0.45 and rates[-1] > rates[0] + 0.25  # chance-level drift is < 0.1 at 100 samples
