@@ -77,7 +77,7 @@ class Mistakes(OracleWrapper):
 
     def __init__(self, oracle: Oracle, eps: float = 0.1) -> None:
         super().__init__(oracle)
-        self.eps = _check_prob("eps", eps)
+        self.eps = _check_prob("eps (the env's mistake_rate)", eps)
 
     def _flip(self, replies: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flip = rng.random(replies.shape) < self.eps
@@ -96,7 +96,7 @@ class Skips(OracleWrapper):
     def __init__(self, oracle: Oracle, margin: float = 0.1) -> None:
         super().__init__(oracle)
         if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin!r}")
+            raise ValueError(f"margin (the env's skip_margin) must be >= 0, got {margin!r}")
         self.margin = float(margin)
 
     def reply(self, images: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
@@ -116,7 +116,7 @@ class Ties(OracleWrapper):
     def __init__(self, oracle: Oracle, margin: float = 0.1) -> None:
         super().__init__(oracle)
         if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin!r}")
+            raise ValueError(f"margin (the env's tie_margin) must be >= 0, got {margin!r}")
         self.margin = float(margin)
 
     def compare(self, first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
@@ -134,7 +134,7 @@ class BradleyTerry(OracleWrapper):
     def __init__(self, oracle: Oracle, beta: float = 1.0) -> None:
         super().__init__(oracle)
         if not beta > 0:
-            raise ValueError(f"beta (rationality) must be > 0, got {beta!r}")
+            raise ValueError(f"beta (the env's rationality) must be > 0, got {beta!r}")
         self.beta = float(beta)
 
     def _draw(self, logits: np.ndarray, inner: np.ndarray, rng: np.random.Generator) -> np.ndarray:

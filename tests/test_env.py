@@ -172,7 +172,10 @@ def test_step_or_render_before_reset() -> None:
         (dict(queries_per_step=True), "queries_per_step"),
         (dict(mode="triplet"), "mode"),
         (dict(dataset="cifar10"), "dataset"),
-        (dict(mistake_rate=1.5), "probability"),
+        (dict(mistake_rate=1.5), "mistake_rate.* a probability"),
+        (dict(skip_margin=-1), "skip_margin"),
+        (dict(tie_margin=-0.5), "tie_margin"),
+        (dict(rationality=0), "rationality"),
         (dict(oracle="nobody"), "unknown oracle"),
     ],
 )
