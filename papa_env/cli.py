@@ -93,6 +93,14 @@ def parse_into(cls: type, ns: argparse.Namespace, base: Any = None) -> Any:
     return dataclasses.replace(base, **given) if base is not None else cls(**given)
 
 
+def parse_preference(text: str) -> Any:
+    """``--preference``'s JSON (``papa run``, ``papa serve --bot``), with a message that shows the expected form."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--preference must be JSON, e.g. '[1, 4]' or '\"thin\"'; got {text!r}") from err
+
+
 def _positive_multiple(name: str, value: int, of: int = 10) -> None:
     if value < of or value % of:
         raise ValueError(
@@ -276,10 +284,7 @@ def cmd_run(ns: argparse.Namespace) -> dict:
     config = parse_into(PAPAConfig, ns, dataclasses.replace(PRESETS[ns.preset], seed=ns.seed))
     env_kwargs: dict[str, Any] = {"mistake_rate": ns.mistake_rate} if ns.mistake_rate else {}
     if ns.preference is not None:
-        try:
-            env_kwargs["preference"] = json.loads(ns.preference)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--preference must be JSON, e.g. '[1, 4]' or '\"thin\"'; got {ns.preference!r}") from err
+        env_kwargs["preference"] = parse_preference(ns.preference)
     out = _out_folder(ns.out or f"runs/{ns.preset}-{ns.env}-s{ns.seed}")
     device = resolve_device(ns.device)
     rank, _ = distributed.init(device)  # under torchrun: this process's rank (papa_env.distributed)

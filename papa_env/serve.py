@@ -118,13 +118,17 @@ class App:
         self.latencies: list[float] = []
         self._submitted_at: float | None = None
         self._thread: threading.Thread | None = None
+        self.error: Exception | None = None  # what ended the session thread, if anything did
         self._before: bytes | None = None
 
     # ------------------------------------------------------------------------------------------ session
     def start(self) -> None:
-        """Read the folder's earlier rounds, then run (or resume) the session in a background thread."""
+        """Refuse a folder this session cannot resume (:class:`~papa_env.errors.RunMismatchError`, before anything
+        runs), read the folder's earlier rounds, then run (or resume) the session in a background thread."""
         from papa_env.runfolder import RunFolder
+        from papa_env.session import check_run_folder
 
+        check_run_folder(self.agent, self.env, self.out, eval_every=0, seed=self.seed, lookahead=self.lookahead)
         if (self.out / "replies.jsonl").exists():
             self.like_rates = [
                 float(np.mean(np.asarray(line["replies"]) == 1)) for line in RunFolder(self.out).journal()
@@ -143,7 +147,8 @@ class App:
             self.status = "done"
         except SessionClosed:
             self.status = "closed"
-        except Exception as err:  # noqa: BLE001 (shown on the page; the run folder stays resumable)
+        except Exception as err:  # noqa: BLE001 (shown on the page, raised again by main; the folder stays resumable)
+            self.error = err
             self.status, self.message = "error", f"{type(err).__name__}: {err}"
 
     def close(self) -> None:
@@ -279,10 +284,15 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
 
 
 def serve(app: App, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """Start ``app``'s session and an HTTP server for it (in a background thread); returns the server."""
+    """Start ``app``'s session and an HTTP server for it (in a background thread); returns the server. A run folder
+    the session cannot resume is refused before the server takes a request."""
     server = ThreadingHTTPServer((host, port), make_handler(app))
     server.daemon_threads = True
-    app.start()
+    try:
+        app.start()
+    except BaseException:
+        server.server_close()
+        raise
     threading.Thread(target=server.serve_forever, name="papa-http", daemon=True).start()
     return server
 
@@ -324,7 +334,7 @@ def main(ns: Any) -> dict[str, Any] | None:
     import signal
 
     from papa_env.agents.papa import PAPA, PRESETS
-    from papa_env.cli import load_unet
+    from papa_env.cli import load_unet, parse_preference
     from papa_env.models import model_metadata, pretrained_path
 
     path = pretrained_path(ns.model) if ns.model.endswith("-ddpm") else Path(ns.model)
@@ -332,27 +342,33 @@ def main(ns: Any) -> dict[str, Any] | None:
     from papa_env.cli import resolve_device
 
     agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), PRESETS[ns.preset])
+    bot, state = None, None
+    if ns.bot:  # built (and its taste checked) before anything is served
+        from papa_env.env import PreferenceEnv
+
+        kwargs = {"preference": parse_preference(ns.preference)} if ns.preference else {}
+        bot = PreferenceEnv(ns.bot, dataset=dataset, **kwargs).oracle  # built as gym.make would build it
     app = App(agent, ns.out, budget=ns.budget, dataset=dataset, seed=ns.seed, lookahead=ns.lookahead)
-    server = serve(app, ns.host, ns.port)
+    server = serve(app, ns.host, ns.port)  # a folder this session cannot resume is refused here
     url = f"http://{ns.host}:{server.server_address[1]}"
-    print(f"papa serve: {agent.name} ({ns.preset}) on {ns.model}, {ns.budget} replies, run folder {ns.out}")
+    preset = agent.name if ns.preset == agent.name else f"{agent.name} ({ns.preset})"
+    print(f"papa serve: {preset} on {ns.model}, {ns.budget} replies, run folder {ns.out}")
     print(f"open {url} in a browser (Ctrl-C stops; the same command resumes)", flush=True)
     try:
-        if ns.bot:
-            from papa_env.env import PreferenceEnv
-
-            kwargs = {"preference": json.loads(ns.preference)} if ns.preference else {}
-            user = PreferenceEnv(ns.bot, dataset=dataset, **kwargs).oracle  # built as gym.make would build it
-            state = run_bot(url, user)
+        if bot is not None:
+            state = run_bot(url, bot)
             print(f"bot done: {state['status']} after {state['replies_used']} replies; latency {state['latency']}")
-            return state
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while app.status not in ("done", "error"):
-            time.sleep(0.5)
-        print(f"session {app.status}: {app.message}")
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            while app.status not in ("done", "error"):
+                time.sleep(0.5)
+            print(f"session {app.status}")
     except KeyboardInterrupt:
         print("\nstopped; run the same command to resume")
+        return None
     finally:
         app.close()
         server.shutdown()
-    return None
+    if app.error is not None:  # the CLI reports it (one line and exit code 2 for a user's error)
+        raise app.error
+    return state

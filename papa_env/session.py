@@ -84,6 +84,20 @@ def session_config(agent: Agent, env, seed: int, eval_every: int, evaluator: Any
     return config
 
 
+def check_run_folder(agent: Agent, env, run_dir: str | os.PathLike, *, eval_every: int = 50, evaluator: Any = None,
+                     seed: int = 0, lookahead: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Refuse, before anything runs, what :func:`run_session` with these arguments would refuse on resume: a folder
+    started with other settings (:class:`~papa_env.errors.RunMismatchError`) or a config.json that is not JSON
+    (:class:`~papa_env.errors.RunCorruptedError`). Returns the config the session records; touches nothing."""
+    if eval_every and evaluator is None:
+        evaluator = Evaluator(env)
+    config = session_config(agent, env, seed, eval_every, evaluator if eval_every else None)
+    if lookahead:
+        config["lookahead"] = True
+    RunFolder(run_dir).check_config(config, _config_defaults(agent))
+    return config
+
+
 def _config_defaults(agent: Agent) -> dict[str, Any]:
     cfg = getattr(agent, "cfg", None)
     if not is_dataclass(cfg):
@@ -171,10 +185,8 @@ class _Run:
         self.gen.manual_seed(seed)
         self.env.reset(seed=seed)
         if self.folder is not None:
-            config = session_config(self.agent, self.env, seed, eval_every, self.evaluator)
-            if self.lookahead:
-                config["lookahead"] = True
-            self.folder.check_config(config, _config_defaults(self.agent))
+            config = check_run_folder(self.agent, self.env, self.folder.path, eval_every=eval_every,
+                                      evaluator=self.evaluator, seed=seed, lookahead=self.lookahead)  # fmt: skip
             if self.folder.started():
                 self.resume()
             self.folder.write_config(config)

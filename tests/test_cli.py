@@ -66,6 +66,31 @@ def test_user_errors_are_one_line_on_stderr_and_exit_code_2(argv, match, capsys)
     assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_serve_refuses_what_it_cannot_run_before_it_serves(tmp_path, tiny_unet, capsys) -> None:
+    """A folder it cannot resume and a bot's bad taste: one line, exit code 2, no server started."""
+    weights = tmp_path / "tiny.safetensors"
+    save_model(tiny_unet, weights)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    serve = ["serve", "--model", str(weights), "--out", str(folder), "--port", "0", "--budget", "10"]
+    for argv, match in [
+        (serve, "is not readable JSON"),
+        (
+            [*serve[:4], str(tmp_path / "new"), *serve[5:], "--bot", "classifier", "--preference", "[1, 4"],
+            "--preference must be JSON",
+        ),  # fmt: skip
+        (
+            [*serve[:4], str(tmp_path / "new"), *serve[5:], "--bot", "classifier", "--preference", "[12]"],
+            "unknown class",
+        ),  # fmt: skip
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr()
+        assert match in err.err and len(err.err.strip().splitlines()) == 1, err
+        assert "open http" not in err.out  # refused before the server printed its address
+
+
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:
     file = tmp_path / "a-file"
     file.write_text("x")

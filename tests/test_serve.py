@@ -162,6 +162,28 @@ def test_bad_submissions_are_refused_and_change_nothing_then_a_restart_resumes(t
     assert len((out / "replies.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_folder_of_another_session_is_refused_before_anything_is_served(tiny_unet, tmp_path) -> None:
+    import socket
+
+    from papa_env.errors import RunMismatchError
+
+    out = tmp_path / "run"
+    app, server, url = _start(_tiny_agent(tiny_unet), out, budget=30)
+    try:
+        _wait_round(url, 1)
+    finally:
+        _stop(app, server)
+    saved = (out / "config.json").read_bytes()
+    with socket.socket() as probe:  # a free port, to check the refused server let it go
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RunMismatchError, match="feedback_budget: 30 -> 40"):
+        _start(_tiny_agent(tiny_unet), out, budget=40, port=port)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # free: the refused server closed its socket
+    assert (out / "config.json").read_bytes() == saved and not (out / "replies.jsonl").exists()
+
+
 def test_a_bot_drives_the_api_to_the_end_of_the_budget(tiny_unet, tmp_path) -> None:
     from helpers import Bright
 
