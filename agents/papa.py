@@ -31,6 +31,7 @@ from papa_env.agents.selection import (
     make_features,
     make_selector,
     quota_pick,
+    rejection_draw,
     spread_from,
 )
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
@@ -101,6 +102,10 @@ class PAPAConfig:
     """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
     selector_features: str = "unet"
     """the selector's feature space: the base UNet's own ("unet") or a fixed random network on the pixels ("random")"""
+    generate_candidates: int = 1
+    """``generate`` (the samples a session is judged on and its user gets, not the queries) draws up to this many
+    candidates per image and keeps the first the agent's reward ensemble predicts liked, else the likeliest:
+    rejection sampling by ridge regressions of every reply so far on the base UNet's features (1: off)"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -121,7 +126,7 @@ class PAPAConfig:
         rules = [  # (does it hold for a value, what is expected, of which fields)
             (lambda v: v > 0, "> 0", ("lr",)),
             (lambda v: v >= 0, ">= 0", ("pref_coef", "model_coef", "replay", "ema_start", "base_queries")),
-            (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step")),
+            (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step", "generate_candidates")),
             (lambda v: v is None or v >= self.queries_per_step, ">= queries_per_step or None", ("pool_size",)),
             (lambda v: v in SELECTORS, f"one of {SELECTORS}", ("selector",)),
             (lambda v: v in FEATURES, f"one of {FEATURES}", ("selector_features",)),
@@ -271,6 +276,8 @@ class PAPA:
         self.base_features = UNetFeatures(self.base) if spread else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
         self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
+        self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space,
+        self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
         if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
             g = torch.Generator().manual_seed(config.seed)
             bank = self.base_features(sample(self.base, 100, generator=g, **self.sampling))
@@ -324,7 +331,31 @@ class PAPA:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return sample(self.policy, n, generator=generator, **self.sampling)
+        """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`."""
+
+        def draw(count: int) -> torch.Tensor:
+            return sample(self.policy, count, generator=generator, **self.sampling)
+
+        if self.cfg.generate_candidates == 1 or not len(self.buffer_y):
+            return draw(n)
+        return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
+
+    def predicted_reply(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) the reward ensemble's mean predicted reply (about +1 like, -1 dislike) to ``images``: ridge regressions
+        of every reply so far (``buffer_y``) on the base UNet's features, refitted when replies came in since (a
+        deterministic fit: a resumed agent predicts the same)."""
+        if not len(self.buffer_y):
+            return torch.zeros(len(images), dtype=torch.float64)
+        if self.reward_features is None:
+            self.reward_features = UNetFeatures(self.base)
+        n, bank = self.reward_fit[0], self.reward_fit[2]
+        if n != len(self.buffer_y):  # features of the replies new since the last fit, then the ensemble refitted
+            new = torch.cat([self.reward_features(x) for x in self.buffer_x[n:].split(250)])
+            bank = new if n == 0 else torch.cat([bank, new])
+            ensemble = make_selector("disagreement", self.cfg.seed)
+            ensemble.observe(bank, self.buffer_y.cpu())
+            self.reward_fit = (len(self.buffer_y), ensemble, bank)
+        return self.reward_fit[1].scores(self.reward_features(images)).mean(0)
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         """One interaction's update from the replies (K,) to ``queries`` (K, 1, 28, 28)."""
@@ -408,6 +439,7 @@ class PAPA:
         self.selector.load_state_dict(state["selector"])
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         self.shown_base = state.get("shown_base", torch.zeros(0))  # absent before base_candidates
+        self.reward_fit = (0, None, torch.zeros(0))  # refitted from the restored replies when next asked
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

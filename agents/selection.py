@@ -303,6 +303,25 @@ def quota_pick(strata: torch.Tensor, shares: torch.Tensor, counts: torch.Tensor,
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def rejection_draw(draw: Any, score: Any, n: int, candidates: int) -> torch.Tensor:
+    """``n`` images, each the first of up to ``candidates`` draws that ``score`` predicts liked (> 0), else the best
+    scored of them: rejection sampling by a reward model. ``draw(k)`` -> (k, ...) images; ``score(images)`` -> (k,).
+    Only the images not yet predicted liked are drawn again, so it costs about 1 / (the predicted like-rate) draws
+    per image, at most ``candidates``."""
+    images = draw(n)
+    best = score(images)
+    for _ in range(candidates - 1):
+        again = (best <= 0).nonzero().flatten()
+        if not len(again):
+            break
+        new = draw(len(again))
+        new_score = score(new)
+        better = new_score > best[again]
+        images[again[better]] = new[better]
+        best[again[better]] = new_score[better]
+    return images
+
+
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
 
 

@@ -187,6 +187,7 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"ema_start": -1},
         {"sampler": "euler"},
         {"num_sampling_steps": 0},
+        {"generate_candidates": 0},
     ],
 )
 def test_config_rejects_bad_values_when_built(bad) -> None:

@@ -20,6 +20,7 @@ from papa_env.agents.selection import (
     kmeans,
     make_selector,
     quota_pick,
+    rejection_draw,
     spread_from,
 )
 from papa_env.env import PreferenceEnv
@@ -313,3 +314,59 @@ def test_baseline_selection_settings_are_checked_when_made() -> None:
                 cls(**bad)
     with pytest.raises(ValueError, match="D3POConfig: selector must be one of"):
         D3POConfig(selector="liked")  # predicted likes mean nothing for a which-of-two pair
+
+
+def test_rejection_draw_keeps_the_first_predicted_like_else_the_best_scored() -> None:
+    stream = iter(torch.tensor([-3.0, 2.0, -1.0, -2.0, 5.0, -4.0, 1.0, 7.0]))  # the "images" are their scores
+    calls = []
+
+    def draw(k: int) -> torch.Tensor:
+        calls.append(k)
+        return torch.stack([next(stream) for _ in range(k)])
+
+    out = rejection_draw(draw, lambda x: x.clone(), 3, candidates=3)
+    # draws -3, 2, -1; again for images 0 and 2: -2 (better than -3), 5 (a like); again for image 0: -4 (worse)
+    assert out.tolist() == [-2.0, 2.0, 5.0] and calls == [3, 2, 1]
+    assert rejection_draw(lambda k: torch.full((k,), -1.0), lambda x: x, 4, candidates=1).tolist() == [-1.0] * 4
+
+
+def test_generate_filters_by_the_agents_reward_and_never_changes_the_queries(tiny_unet) -> None:
+    """With ``generate_candidates`` the samples are rejection-sampled by ``predicted_reply``; what is asked and
+    learned is the same as without (the filter only reads the replies)."""
+    plain = PAPA(tiny_unet, PAPAConfig(lr=1e-3, timesteps_per_image=2, num_sampling_steps=3))
+    filtered = PAPA(tiny_unet, PAPAConfig(lr=1e-3, timesteps_per_image=2, num_sampling_steps=3, generate_candidates=4))
+    user, rng = Bright(threshold=0.0), np.random.default_rng(0)
+    for _ in range(3):
+        queries = plain.propose(torch.Generator().manual_seed(1))
+        assert np.array_equal(queries, filtered.propose(torch.Generator().manual_seed(1)))
+        replies = user.reply(torch.as_tensor(queries), rng)
+        plain.learn(queries, replies)
+        filtered.learn(queries, replies)
+    assert all(torch.equal(a, b) for a, b in zip(plain.unet.parameters(), filtered.unet.parameters()))
+    assert len(filtered.buffer_y) == 30
+    drawn = plain.generate(64, torch.Generator().manual_seed(2))
+    level = drawn.mean((1, 2, 3)).median()
+    filtered.predicted_reply = lambda x: (x.mean((1, 2, 3)) - level).double()  # likes the brighter half
+    kept = filtered.generate(64, torch.Generator().manual_seed(2))
+    bright = drawn.mean((1, 2, 3)) > level
+    assert torch.equal(kept[bright], drawn[bright])  # the first draw kept where it is already predicted liked
+    assert (kept.mean((1, 2, 3)) >= drawn.mean((1, 2, 3))).all()  # elsewhere the best of up to 4
+    assert (kept.mean((1, 2, 3)) > level).float().mean() > 0.8 > (drawn.mean((1, 2, 3)) > level).float().mean()
+
+
+def test_the_reward_ensemble_is_a_function_of_the_replies_so_a_resumed_agent_predicts_the_same(tiny_unet) -> None:
+    cfg = PAPAConfig(lr=1e-3, timesteps_per_image=2, num_sampling_steps=3, generate_candidates=2)
+    agent, user, rng = PAPA(tiny_unet, cfg), Bright(threshold=0.0), np.random.default_rng(0)
+    probe = torch.rand(8, 1, 28, 28) * 2 - 1
+    assert torch.equal(agent.predicted_reply(probe), torch.zeros(8, dtype=torch.float64))  # no reply yet
+    for step in range(4):
+        queries = agent.propose(torch.Generator().manual_seed(step))
+        agent.learn(queries, user.reply(torch.as_tensor(queries), rng))
+        before = agent.predicted_reply(probe)  # refitted incrementally after each interaction
+    restored = PAPA(tiny_unet, cfg)
+    restored.load_state_dict(agent.state_dict())
+    assert torch.allclose(restored.predicted_reply(probe), before)
+    fresh = PAPA(tiny_unet, cfg)
+    fresh.load_state_dict(agent.state_dict())
+    fresh.buffer_y = -fresh.buffer_y  # other replies: another fit
+    assert not torch.allclose(fresh.predicted_reply(probe), before)
