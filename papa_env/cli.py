@@ -169,13 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="runs/serve", help="run folder (an existing session there is resumed)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
-    v.add_argument("--seed", type=int, default=0, help="seed of the session")
+    v.add_argument("--seed", type=int, default=0, help="seed of the session; also the agent config's seed")
     v.add_argument("--bot", default=None, help="a simulated user (registered name) answers through the page's API")
     v.add_argument("--preference", default=None, help="the bot's taste as JSON, e.g. '[1, 4]'")
     v.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                    help="show the next round while the agent learns (its images one update behind)")  # fmt: skip
     threads(v)
     device(v)
+    cfg = v.add_argument_group("PAPAConfig fields (override the preset's)")
+    add_dataclass_args(cfg, PAPAConfig, only_given=True, exclude=("seed",))
 
     s = sub.add_parser("sample", help="draw a PNG grid of samples from a base model or a run's weights")
     s.add_argument("--model", default="mnist-ddpm", help="a shipped model name or a .safetensors path")

@@ -333,15 +333,16 @@ def main(ns: Any) -> dict[str, Any] | None:
     """``papa serve``: build the agent and the app, serve until Ctrl-C (or, with ``--bot``, until the bot is done)."""
     import signal
 
-    from papa_env.agents.papa import PAPA, PRESETS
-    from papa_env.cli import load_unet, parse_preference
+    from papa_env.agents.papa import PAPA, PRESETS, PAPAConfig
+    from papa_env.cli import load_unet, parse_into, parse_preference
     from papa_env.models import model_metadata, pretrained_path
 
     path = pretrained_path(ns.model) if ns.model.endswith("-ddpm") else Path(ns.model)
     dataset = model_metadata(path).get("dataset", "mnist")
     from papa_env.cli import resolve_device
 
-    agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), PRESETS[ns.preset])
+    config = parse_into(PAPAConfig, ns, PRESETS[ns.preset])  # the preset, with the fields given as flags
+    agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), config)
     bot, state = None, None
     if ns.bot:  # built (and its taste checked) before anything is served
         from papa_env.env import PreferenceEnv
@@ -352,6 +353,8 @@ def main(ns: Any) -> dict[str, Any] | None:
     server = serve(app, ns.host, ns.port)  # a folder this session cannot resume is refused here
     url = f"http://{ns.host}:{server.server_address[1]}"
     preset = agent.name if ns.preset == agent.name else f"{agent.name} ({ns.preset})"
+    changed = [f"{f}={getattr(config, f)!r}" for f in vars(ns) if f in PAPAConfig.__dataclass_fields__ and f != "seed"]
+    preset += f" with {', '.join(changed)}" if changed else ""
     print(f"papa serve: {preset} on {ns.model}, {ns.budget} replies, run folder {ns.out}")
     print(f"open {url} in a browser (Ctrl-C stops; the same command resumes)", flush=True)
     try:

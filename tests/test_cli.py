@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from papa_env.agents.papa import PRESETS
 from papa_env.cli import field_docs, main
 from papa_env.models import save_model
 from papa_env.pretrain import ClassifierTrainConfig, DDPMTrainConfig
@@ -84,11 +85,26 @@ def test_serve_refuses_what_it_cannot_run_before_it_serves(tmp_path, tiny_unet, 
             [*serve[:4], str(tmp_path / "new"), *serve[5:], "--bot", "classifier", "--preference", "[12]"],
             "unknown class",
         ),  # fmt: skip
+        ([*serve[:4], str(tmp_path / "new"), *serve[5:], "--generate-candidates", "0"], "generate_candidates"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr()
         assert match in err.err and len(err.err.strip().splitlines()) == 1, err
         assert "open http" not in err.out  # refused before the server printed its address
+
+
+def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_unet, capsys) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    save_model(tiny_unet, weights)
+    folder = tmp_path / "run"
+    argv = f"serve --model {weights} --out {folder} --port 0 --budget 10 --seed 3 --bot classifier --preference [1]"
+    argv = [*argv.split(), "--generate-candidates", "2", "--num-sampling-steps", "2"]
+    assert main(argv) == 0
+    assert "epapa with generate_candidates=2, num_sampling_steps=2" in capsys.readouterr().out
+    saved = json.loads((folder / "config.json").read_text())["agent_config"]
+    expected = {**dataclasses.asdict(PRESETS["epapa"]), "generate_candidates": 2, "num_sampling_steps": 2, "seed": 3}
+    assert saved == json.loads(json.dumps(expected))
+    assert len((folder / "replies.jsonl").read_text().splitlines()) == 1
 
 
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:
