@@ -33,6 +33,7 @@ from papa_env.agents.selection import (
     quota_pick,
     rejection_draw,
     spread_from,
+    stratified_pick,
 )
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
@@ -106,6 +107,12 @@ class PAPAConfig:
     """``generate`` (the samples a session is judged on and its user gets, not the queries) draws up to this many
     candidates per image and keeps the first the agent's reward ensemble predicts liked, else the likeliest:
     rejection sampling by ridge regressions of every reply so far on the base UNet's features (1: off)"""
+    generate_strata: int = 0
+    """with generate_candidates > 1: ``generate`` draws generate_candidates x n images at once and keeps n of those
+    predicted liked (the likeliest first) in the proportions the person's likes of the base model's queries have over
+    this many strata (k-means of the base UNet's features of the replied images): the base's own mix of what is
+    liked, which the tuned model thins where the reward model under-rates a liked kind (0: each image the first
+    predicted like of its draws)"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -141,6 +148,8 @@ class PAPAConfig:
              ("tuned_candidates",)),
             (lambda v: v == 0 or v > 1 and self.base_candidates > 1, "0, or > 1 with base_candidates > 1",
              ("base_strata",)),
+            (lambda v: v == 0 or v > 1 and self.generate_candidates > 1, "0, or > 1 with generate_candidates > 1",
+             ("generate_strata",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -278,6 +287,9 @@ class PAPA:
         self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
         self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space,
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
+        self.buffer_src = torch.zeros(0)  # which model drew each reply of the buffer (0 tuned, 1 base)
+        self.liked_strata: tuple[int, torch.Tensor, torch.Tensor] = (0, torch.zeros(0), torch.zeros(0))  # with
+        # generate_strata: (replies, centroids, shares) of the liked base queries, recomputed as replies come in
         if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
             g = torch.Generator().manual_seed(config.seed)
             bank = self.base_features(sample(self.base, 100, generator=g, **self.sampling))
@@ -331,14 +343,39 @@ class PAPA:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`."""
+        """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`
+        (image by image, or over ``generate_strata`` strata once a reply is a like)."""
 
         def draw(count: int) -> torch.Tensor:
             return sample(self.policy, count, generator=generator, **self.sampling)
 
         if self.cfg.generate_candidates == 1 or not len(self.buffer_y):
             return draw(n)
-        return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
+        if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
+            return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
+        images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
+        reward = self.reward_model()
+        features = torch.cat([self.reward_features(x) for x in images.split(250)])
+        score = reward.scores(features).mean(0)
+        centroids, shares = self.strata_of_likes()
+        strata = torch.cdist(features.double(), centroids.double()).argmin(1)
+        return images[stratified_pick(score, strata, shares, n)]
+
+    def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
+        replied image, and how the likes of the base model's queries fall over them (of every like, while no base
+        query is liked); a function of the replies (a resumed agent finds the same)."""
+        if self.liked_strata[0] != len(self.buffer_y):
+            self.reward_model()  # and with it the features of every replied image, in reward_fit
+            bank, liked = self.reward_fit[2], self.buffer_y.cpu() > 0
+            centroids = kmeans(bank, self.cfg.generate_strata, torch.Generator().manual_seed(self.cfg.seed))
+            known = len(self.buffer_src) == len(liked)
+            base = liked & (self.buffer_src > 0) if known else torch.zeros_like(liked)
+            pick = base if bool(base.any()) else liked
+            strata = torch.cdist(bank[pick].double(), centroids.double()).argmin(1)
+            counts = torch.bincount(strata, minlength=len(centroids)).double()
+            self.liked_strata = (len(self.buffer_y), centroids, counts / counts.sum().clamp_min(1))
+        return self.liked_strata[1], self.liked_strata[2]
 
     def predicted_reply(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) the reward ensemble's mean predicted reply (about +1 like, -1 dislike) to ``images``: ridge regressions
@@ -346,6 +383,11 @@ class PAPA:
         deterministic fit: a resumed agent predicts the same)."""
         if not len(self.buffer_y):
             return torch.zeros(len(images), dtype=torch.float64)
+        return self.reward_model().scores(self.reward_features(images)).mean(0)
+
+    def reward_model(self) -> Any:
+        """The ridge ensemble of :meth:`predicted_reply`, fitted on every reply so far (refitted when replies came in
+        since); it needs at least one reply."""
         if self.reward_features is None:
             self.reward_features = UNetFeatures(self.base)
         n, bank = self.reward_fit[0], self.reward_fit[2]
@@ -355,7 +397,7 @@ class PAPA:
             ensemble = make_selector("disagreement", self.cfg.seed)
             ensemble.observe(bank, self.buffer_y.cpu())
             self.reward_fit = (len(self.buffer_y), ensemble, bank)
-        return self.reward_fit[1].scores(self.reward_features(images)).mean(0)
+        return self.reward_fit[1]
 
     def learn(self, queries: np.ndarray, replies: np.ndarray) -> dict[str, float]:
         """One interaction's update from the replies (K,) to ``queries`` (K, 1, 28, 28)."""
@@ -395,6 +437,7 @@ class PAPA:
             self.selector.observe(self.features(x0), y.cpu())
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
+        self.buffer_src = torch.cat([self.buffer_src, src.cpu()[y.cpu() != 0]])
         if self.base_features is not None and bool((src > 0).any()):
             self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src > 0])])
         if self.cfg.fewer_base_queries and known:
@@ -429,7 +472,7 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "shown_base": self.shown_base.clone(), **ema}  # fmt: skip
+                "shown_base": self.shown_base.clone(), "buffer_src": self.buffer_src.clone(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -439,7 +482,9 @@ class PAPA:
         self.selector.load_state_dict(state["selector"])
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         self.shown_base = state.get("shown_base", torch.zeros(0))  # absent before base_candidates
+        self.buffer_src = state.get("buffer_src", torch.zeros(0))  # absent before generate_strata: all likes count
         self.reward_fit = (0, None, torch.zeros(0))  # refitted from the restored replies when next asked
+        self.liked_strata = (0, torch.zeros(0), torch.zeros(0))
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self.ema.copy_to(self.sampled.parameters())

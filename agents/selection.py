@@ -293,13 +293,15 @@ def quota_pick(strata: torch.Tensor, shares: torch.Tensor, counts: torch.Tensor,
     """``n`` of the candidates (their strata (M,)), one at a time the one whose stratum is furthest under its quota
     (``shares`` (S,) of everything shown; ``counts`` (S,) shown so far): systematic, not independent, sampling, so a
     few picks already follow ``shares`` (ties: the first candidate)."""
-    counts, chosen = counts.clone().double(), []
-    for _ in range(n):
-        deficit = shares.double() * (counts.sum() + 1) - counts
-        order = [i for i in range(len(strata)) if i not in chosen]
-        best = max(order, key=lambda i: (float(deficit[strata[i]]), -i))
-        chosen.append(best)
-        counts[strata[best]] += 1
+    counts, shares, chosen = counts.double().tolist(), shares.double().tolist(), []
+    waiting: dict[int, list[int]] = {}  # stratum -> its candidates not yet chosen, in order
+    for i, s in enumerate(strata.tolist()):
+        waiting.setdefault(s, []).append(i)
+    for _ in range(min(n, len(strata))):
+        total = sum(counts) + 1
+        s = max((s for s in waiting if waiting[s]), key=lambda s: (shares[s] * total - counts[s], -waiting[s][0]))
+        chosen.append(waiting[s].pop(0))
+        counts[s] += 1
     return torch.tensor(chosen, dtype=torch.long)
 
 
@@ -320,6 +322,18 @@ def rejection_draw(draw: Any, score: Any, n: int, candidates: int) -> torch.Tens
         images[again[better]] = new[better]
         best[again[better]] = new_score[better]
     return images
+
+
+def stratified_pick(score: torch.Tensor, strata: torch.Tensor, shares: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` of the candidates (their ``score`` (M,) and strata (M,)) in the proportions ``shares`` (S,) over the
+    strata: only those predicted liked (score > 0; fewer than n: the best scored of the rest as well), each stratum's
+    best scored first, by :func:`quota_pick` (a stratum out of candidates gives its place to the next owed)."""
+    liked = (score > 0).nonzero().flatten()
+    if len(liked) < n:
+        rest = (score <= 0).nonzero().flatten()
+        liked = torch.cat([liked, rest[score[rest].argsort(descending=True, stable=True)][: n - len(liked)]])
+    ordered = liked[score[liked].argsort(descending=True, stable=True)]
+    return ordered[quota_pick(strata[ordered], shares, torch.zeros(len(shares)), n)]
 
 
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")

@@ -188,6 +188,8 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"sampler": "euler"},
         {"num_sampling_steps": 0},
         {"generate_candidates": 0},
+        {"generate_strata": 4},  # needs generate_candidates > 1
+        {"generate_strata": 1, "generate_candidates": 4},
     ],
 )
 def test_config_rejects_bad_values_when_built(bad) -> None:

@@ -22,6 +22,7 @@ from papa_env.agents.selection import (
     quota_pick,
     rejection_draw,
     spread_from,
+    stratified_pick,
 )
 from papa_env.env import PreferenceEnv
 from papa_env.session import run_session
@@ -370,3 +371,58 @@ def test_the_reward_ensemble_is_a_function_of_the_replies_so_a_resumed_agent_pre
     fresh.load_state_dict(agent.state_dict())
     fresh.buffer_y = -fresh.buffer_y  # other replies: another fit
     assert not torch.allclose(fresh.predicted_reply(probe), before)
+
+
+def test_stratified_pick_keeps_the_shares_among_predicted_likes_likeliest_first() -> None:
+    score = torch.tensor([0.9, -0.5, 0.2, 0.8, 0.1, 0.7, 0.3, -0.1])
+    strata = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    shares = torch.tensor([0.5, 0.5, 0.0])
+    # stratum 0 (likes 0.9, 0.2) and 1 (0.8, 0.1) alternate, likeliest first; stratum 2 is owed nothing
+    assert stratified_pick(score, strata, shares, 4).tolist() == [0, 3, 2, 4]
+    # both owed strata out of predicted likes: the next owed is the likeliest like left (stratum 2's 0.7)
+    assert stratified_pick(score, strata, shares, 5).tolist() == [0, 3, 2, 4, 5]
+    # fewer predicted likes than asked: the best scored of the rest (-0.1, not -0.5) as well
+    assert sorted(stratified_pick(score, strata, shares, 7).tolist()) == [0, 2, 3, 4, 5, 6, 7]
+    many = torch.randint(3, (300,), generator=torch.Generator().manual_seed(0))
+    picked = many[stratified_pick(torch.ones(300), many, torch.tensor([0.6, 0.3, 0.1]), 100)]
+    assert torch.bincount(picked, minlength=3).tolist() == [60, 30, 10]  # systematic: the shares exactly
+
+
+def test_generate_by_strata_follows_the_liked_base_queries_and_resumes_the_same(tiny_unet) -> None:
+    """With ``generate_strata`` the kept samples are predicted likes in the proportions of the likes to the base
+    model's queries over the strata (the buffer records which model drew each reply, and a checkpoint keeps it);
+    what is asked and learned is unchanged."""
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
+    plain = PAPA(tiny_unet, PAPAConfig(**common))
+    cfg = PAPAConfig(**common, generate_candidates=3, generate_strata=3)
+    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    agent, user, rng = PAPA(tiny_unet, cfg), Bright(threshold=level), np.random.default_rng(0)  # likes half
+    for step in range(3):
+        queries = plain.propose(torch.Generator().manual_seed(step))
+        assert np.array_equal(queries, agent.propose(torch.Generator().manual_seed(step)))
+        replies = user.reply(torch.as_tensor(queries), rng)
+        plain.learn(queries, replies)
+        agent.learn(queries, replies)
+    assert all(torch.equal(a, b) for a, b in zip(plain.unet.parameters(), agent.unet.parameters()))
+    assert agent.buffer_src.tolist() == [0.0] * 5 + [1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [0.0] * 5 + [1.0] * 5
+    centroids, shares = agent.strata_of_likes()
+    liked_base = (agent.buffer_y > 0) & (agent.buffer_src > 0)
+    assert int(liked_base.sum()) > 0
+    of = lambda f: torch.cdist(f.double(), centroids.double()).argmin(1)  # noqa: E731
+    counts = torch.bincount(of(agent.reward_fit[2][liked_base]), minlength=3).double()
+    assert len(centroids) == 3 and torch.allclose(shares, counts / counts.sum())
+    images = agent.generate(20, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    drawn = torch.cat([plain.generate(20, g) for _ in range(3)])  # the agent's candidates: 3 draws of 20
+    at = [int(((drawn - x).abs().amax((1, 2, 3)) == 0).nonzero()[0]) for x in images]  # each kept one is a draw
+    assert len(set(at)) == 20
+    score, strata = agent.predicted_reply(drawn), of(agent.reward_features(drawn))
+    liked = score > 0
+    assert int(liked[at].sum()) == min(20, int(liked.sum()))  # predicted likes first
+    kept = torch.bincount(strata[at][liked[at]], minlength=3)
+    for s_ in range(3):  # each stratum its share, as far as it has predicted likes
+        assert kept[s_] >= min(int((liked & (strata == s_)).sum()), int(shares[s_] * 20))
+    restored = PAPA(tiny_unet, cfg)
+    restored.load_state_dict(agent.state_dict())
+    assert torch.equal(restored.buffer_src, agent.buffer_src)
+    assert torch.equal(restored.generate(20, torch.Generator().manual_seed(5)), images)
