@@ -1,6 +1,7 @@
 """The reward filter (``PAPAConfig.generate_candidates``) on a finished suite run's final agents, without rerunning.
 
-    python docs/experiments/reward_filter_final.py RUN_DIR [--candidates 4] [--tag suite-held-out] [--out FILE]
+    python docs/experiments/reward_filter_final.py RUN_DIR [--candidates 4] [--strata 10] [--tag suite-held-out]
+        [--out FILE]
 
 The filter changes only what ``generate`` returns, never what is asked or learned, so a session run without it ends
 with the same agent as one run with it. For each session folder under ``RUN_DIR/<tag>/<taste>/<agent>-s<seed>``
@@ -9,7 +10,9 @@ session's last evaluation did (the same ``Evaluator``: 100 samples from seed 123
 evaluation's own samples) and prints, per session and on average, the judge like-rate, the relative balance (the
 base's shares from ``RUN_DIR/<tag>/base_reference.json``, as the suite scores it) and the judge confidence, against
 the session's own last evaluation (the agent without the filter). Like-rates before 300 replies need the session
-run with the option (``python -m benchmarks.suite ... --override '{"generate_candidates": 4}'``).
+run with the option (``python -m benchmarks.suite ... --override '{"generate_candidates": 4}'``). With ``--strata``
+(``generate_strata``) a checkpoint written before the agent recorded which model drew each reply gets that record
+from the run folder's journal (``queries/step_*.npz``: ``proposal/source``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--candidates", type=int, default=4, help="generate_candidates of the filtered agent")
+    p.add_argument("--strata", type=int, default=0, help="generate_strata of the filtered agent (0: off)")
     p.add_argument("--tag", default="suite-held-out", help="the suite's folder under RUN_DIR")
     p.add_argument("--tastes", help="only these tastes (comma-separated)")
     p.add_argument("--out", help="write one JSON line per session here")
@@ -51,9 +55,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         env = _env(result["spec"])
         known = {f.name for f in fields(PAPAConfig)}  # a removed option's field (an old screen's) is dropped
         cfg = PAPAConfig(**{k: v for k, v in config["agent_config"].items() if k in known})
-        cfg = replace(cfg, generate_candidates=a.candidates)
+        cfg = replace(cfg, generate_candidates=a.candidates, generate_strata=a.strata)
         agent = PAPA(load_pretrained(env.unwrapped.base_model), cfg)
-        agent.load_state_dict(load_state(folder / "checkpoint.safetensors")["agent"])
+        state = load_state(folder / "checkpoint.safetensors")["agent"]
+        agent.load_state_dict(state)
+        if "buffer_src" not in state:
+            agent.buffer_src = _sources(folder, cfg.full_exploitation)
         metrics, _ = Evaluator(env, n=config["evaluation"]["samples"], seed=config["evaluation"]["seed"])(agent)
         liked = liked_classes(env)
         key = next((k for k in cache if k.startswith(f"{result['spec']['env']}|")), None)
@@ -73,6 +80,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         Path(a.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def _sources(folder: Path, full_exploitation: bool) -> torch.Tensor:
+    """Which model drew each reply of the agent's buffer (1: the base), from the session's journal."""
+    from papa_env.agents.papa import reply_signs
+
+    out = []
+    for line in (folder / "replies.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        step = np.load(folder / rec["queries"])
+        y = reply_signs(np.asarray(rec["replies"]), full_exploitation)
+        src = step["proposal/source"] if "proposal/source" in step else np.zeros(len(y))
+        out.append(torch.as_tensor(src, dtype=torch.float32)[y != 0])
+    return torch.cat(out)
 
 
 def _env(spec: dict):
