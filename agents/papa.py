@@ -465,6 +465,8 @@ class PAPA:
     def model_metadata(self) -> dict[str, str]:
         """How this agent samples its model, its base included (saved with the weights, read by ``papa sample``)."""
         meta = {key: str(getattr(self.cfg, key)) for key in ("k", "sampler", "num_sampling_steps", "eta")}
+        if self.cfg.generate_candidates > 1:  # its samples pass the reward filter: the run's checkpoint holds it
+            meta["generate_candidates"] = str(self.cfg.generate_candidates)
         return {**meta, "base_sha256": weights_sha256(self.base)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the run's; 20 ddim, 1000 ddpm)")
     s.add_argument("--base", default=None, help="an EPAPA run's base model, if not the one its file names")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
+                   help="a run whose agent filtered its samples by its reward model (generate_candidates > 1): "
+                   "drawn through it, from the run's checkpoint (--no-filter: the weights alone)")  # fmt: skip
     s.add_argument("--out", default="runs/samples.png", help="where to write the PNG grid")
     threads(s)
 
@@ -235,14 +238,24 @@ def sampler_of(model: str, base: str | None = None) -> tuple[Any, dict[str, Any]
 
 
 def sample_images(model: str, n: int, seed: int = 0, sampler: str | None = None, steps: int | None = None,
-                  base: str | None = None, progress: bool = False):  # fmt: skip
-    """``n`` images (n, 1, 28, 28) in [-1, 1] as ``papa sample`` draws them (see :func:`sampler_of`)."""
+                  base: str | None = None, progress: bool = False, filtered: bool = True):  # fmt: skip
+    """``n`` images (n, 1, 28, 28) in [-1, 1] as ``papa sample`` draws them (see :func:`sampler_of`). A run whose
+    agent passed its samples through its reward filter (``generate_candidates`` > 1) is drawn through it too, by the
+    agent its ``checkpoint.safetensors`` restores (``filtered=False``: the weights alone)."""
     import torch
 
     from papa_env.diffusion import sample
+    from papa_env.models import PRETRAINED, model_metadata
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    meta = model_metadata(model) if model not in PRETRAINED else {}
+    if filtered and int(meta.get("generate_candidates", 1)) > 1:
+        if sampler is not None or steps is not None:
+            raise ValueError("--sampler and --steps draw the weights alone: add --no-filter (the filter samples as the "
+                             "agent did)")  # fmt: skip
+        agent = _run_agent(Path(model).parent, base or meta.get("base_model"), meta.get("base_sha256"))
+        return agent.generate(n, torch.Generator().manual_seed(seed)), dict(agent.sampling)
     unet, kwargs = sampler_of(model, base)
     if sampler is not None:
         kwargs["sampler"] = sampler
@@ -253,10 +266,31 @@ def sample_images(model: str, n: int, seed: int = 0, sampler: str | None = None,
     return images, kwargs
 
 
+def _run_agent(folder: Path, base: str | None, base_sha256: str | None) -> Any:
+    """The agent of the run in ``folder`` as its checkpoint left it (its replies included), on the base ``base``."""
+    from papa_env.agents.papa import PAPA, PAPAConfig
+    from papa_env.checkpoint import load_state
+    from papa_env.models import weights_sha256
+    from papa_env.runfolder import CHECKPOINT, CONFIG
+
+    if not (folder / CHECKPOINT).exists() or not (folder / CONFIG).exists():
+        raise ValueError(f"{folder}: its agent passed its samples through its reward filter, which needs the run's "
+                         f"{CONFIG} and {CHECKPOINT} beside the model; --no-filter: the weights alone")  # fmt: skip
+    if not base:
+        raise ValueError(f"{folder}/model.safetensors does not name its base model; pass --base")
+    base_unet = load_unet(base)
+    if base_sha256 and weights_sha256(base_unet) != base_sha256:
+        raise ValueError(f"{base} is not the base model {folder} was tuned from (its weights differ); pass --base")
+    config = json.loads((folder / CONFIG).read_text())
+    agent = PAPA(base_unet, PAPAConfig(**config["agent_config"]))
+    agent.load_state_dict(load_state(folder / CHECKPOINT)["agent"])
+    return agent
+
+
 def cmd_sample(ns: argparse.Namespace) -> Path:
     from papa_env.viz import save_grid
 
-    images, kwargs = sample_images(ns.model, ns.n, ns.seed, ns.sampler, ns.steps, ns.base, progress=True)
+    images, kwargs = sample_images(ns.model, ns.n, ns.seed, ns.sampler, ns.steps, ns.base, True, ns.filter)
     out = save_grid(images, ns.out)
     print(f"wrote {ns.n} samples ({kwargs['sampler']}, {kwargs['num_steps']} steps) to {out}")
     return out

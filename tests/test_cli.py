@@ -174,3 +174,35 @@ def test_sample_draws_an_epapa_runs_model_the_way_its_agent_did(tmp_path) -> Non
     with pytest.raises(ValueError, match="not the base model"):
         sample_images(str(weights), 4, base=str(other))
     assert main(["sample", "--model", str(weights), "--n", "2", "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_sample_draws_a_filtering_runs_model_through_its_agents_reward_filter(tmp_path, capsys) -> None:
+    """A run whose agent kept only its reward model's predicted likes (generate_candidates > 1) is drawn as its agent
+    draws: through the filter, restored from the run's checkpoint; ``--no-filter`` draws the weights alone."""
+    import shutil
+
+    import gymnasium as gym
+
+    from papa_env.agents.papa import PAPA
+    from papa_env.cli import sample_images
+    from papa_env.models import load_pretrained
+    from papa_env.session import run_session
+
+    env = gym.make("PAPA-MNIST-v0", feedback_budget=20)
+    cfg = dataclasses.replace(PRESETS["epapa"], num_sampling_steps=4, generate_candidates=3, generate_strata=4)
+    agent = PAPA(load_pretrained("mnist-ddpm"), cfg)
+    run_session(agent, env, tmp_path / "run", eval_every=0, progress=False)
+    weights = str(tmp_path / "run" / "model.safetensors")
+    images, _ = sample_images(weights, 6, seed=3)
+    assert torch.allclose(images, agent.generate(6, torch.Generator().manual_seed(3)), atol=1e-5)
+    alone, _ = sample_images(weights, 6, seed=3, filtered=False)
+    assert not torch.allclose(alone, images)  # the weights alone: the first of the filter's candidates
+    assert main(["sample", "--model", weights, "--n", "6", "--steps", "4", "--out", str(tmp_path / "g.png")]) == 2
+    assert "add --no-filter" in capsys.readouterr().err
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    shutil.copy(weights, copy / "model.safetensors")
+    assert main(["sample", "--model", str(copy / "model.safetensors"), "--out", str(tmp_path / "h.png")]) == 2
+    assert "--no-filter" in capsys.readouterr().err
+    argv = ["sample", "--model", str(copy / "model.safetensors"), "--no-filter", "--out", str(tmp_path / "h.png")]
+    assert main(argv) == 0
