@@ -92,6 +92,8 @@ def _sources(folder: Path, full_exploitation: bool) -> torch.Tensor:
         step = np.load(folder / rec["queries"])
         y = reply_signs(np.asarray(rec["replies"]), full_exploitation)
         src = step["proposal/source"] if "proposal/source" in step else np.zeros(len(y))
+        if len(src) == 2 * len(y):  # which-of-two: +r on a pair's first image, -r on its second
+            y = torch.stack([y, -y], 1).reshape(-1)
         out.append(torch.as_tensor(src, dtype=torch.float32)[y != 0])
     return torch.cat(out)
 
