@@ -249,6 +249,7 @@ def sample_images(model: str, n: int, seed: int = 0, sampler: str | None = None,
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    unet, kwargs = sampler_of(model, base)  # the file (and its base) checked first
     meta = model_metadata(model) if model not in PRETRAINED else {}
     if filtered and int(meta.get("generate_candidates", 1)) > 1:
         if sampler is not None or steps is not None:
@@ -256,7 +257,6 @@ def sample_images(model: str, n: int, seed: int = 0, sampler: str | None = None,
                              "agent did)")  # fmt: skip
         agent = _run_agent(Path(model).parent, base or meta.get("base_model"), meta.get("base_sha256"))
         return agent.generate(n, torch.Generator().manual_seed(seed)), dict(agent.sampling)
-    unet, kwargs = sampler_of(model, base)
     if sampler is not None:
         kwargs["sampler"] = sampler
     kwargs.setdefault("sampler", "ddim")
