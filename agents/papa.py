@@ -113,6 +113,10 @@ class PAPAConfig:
     this many strata (k-means of the base UNet's features of the replied images): the base's own mix of what is
     liked, which the tuned model thins where the reward model under-rates a liked kind (0: each image the first
     predicted like of its draws)"""
+    generate_strata_prior: float = 0.0
+    """with generate_strata: each stratum's like-rate among the base model's queries is shrunk toward their overall
+    like-rate by this many pseudo-replies (a beta prior), and its share is its queries' count times that rate: the
+    base's own mix while a stratum has few replies, the likes' once it has many (0: the likes' counts alone)"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -150,6 +154,8 @@ class PAPAConfig:
              ("base_strata",)),
             (lambda v: v == 0 or v > 1 and self.generate_candidates > 1, "0, or > 1 with generate_candidates > 1",
              ("generate_strata",)),
+            (lambda v: v == 0 or v > 0 and self.generate_strata > 1, "0, or > 0 with generate_strata > 1",
+             ("generate_strata_prior",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -364,18 +370,28 @@ class PAPA:
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
         replied image, and how the likes of the base model's queries fall over them (of every like, while no base
-        query is liked); a function of the replies (a resumed agent finds the same)."""
+        query is liked); with ``generate_strata_prior`` a, a stratum of n such replies, l of them likes, counts
+        n (l + a r) / (n + a) likes, r the like-rate of all of them. A function of the replies (a resumed agent finds
+        the same)."""
         if self.liked_strata[0] != len(self.buffer_y):
             self.reward_model()  # and with it the features of every replied image, in reward_fit
             bank, liked = self.reward_fit[2], self.buffer_y.cpu() > 0
             centroids = kmeans(bank, self.cfg.generate_strata, torch.Generator().manual_seed(self.cfg.seed))
             known = len(self.buffer_src) == len(liked)
-            base = liked & (self.buffer_src > 0) if known else torch.zeros_like(liked)
-            pick = base if bool(base.any()) else liked
-            strata = torch.cdist(bank[pick].double(), centroids.double()).argmin(1)
-            counts = torch.bincount(strata, minlength=len(centroids)).double()
+            base = self.buffer_src > 0 if known else torch.zeros_like(liked)
+            replies = base if bool((liked & base).any()) else torch.ones_like(liked)
+            counts = self._stratum_counts(bank[liked & replies], centroids)
+            if a := self.cfg.generate_strata_prior:
+                n = self._stratum_counts(bank[replies], centroids)
+                counts = n * (counts + a * counts.sum() / n.sum()) / (n + a)
             self.liked_strata = (len(self.buffer_y), centroids, counts / counts.sum().clamp_min(1))
         return self.liked_strata[1], self.liked_strata[2]
+
+    @staticmethod
+    def _stratum_counts(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """(S,) how many of ``features`` (N, D) fall nearest each centroid (S, D)."""
+        strata = torch.cdist(features.double(), centroids.double()).argmin(1)
+        return torch.bincount(strata, minlength=len(centroids)).double()
 
     def predicted_reply(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) the reward ensemble's mean predicted reply (about +1 like, -1 dislike) to ``images``: ridge regressions

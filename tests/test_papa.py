@@ -190,6 +190,8 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"generate_candidates": 0},
         {"generate_strata": 4},  # needs generate_candidates > 1
         {"generate_strata": 1, "generate_candidates": 4},
+        {"generate_strata_prior": 5.0},  # needs generate_strata
+        {"generate_strata_prior": -1.0, "generate_strata": 4, "generate_candidates": 4},
     ],
 )
 def test_config_rejects_bad_values_when_built(bad) -> None:

@@ -426,3 +426,33 @@ def test_generate_by_strata_follows_the_liked_base_queries_and_resumes_the_same(
     restored.load_state_dict(agent.state_dict())
     assert torch.equal(restored.buffer_src, agent.buffer_src)
     assert torch.equal(restored.generate(20, torch.Generator().manual_seed(5)), images)
+
+
+def test_strata_prior_shrinks_each_stratum_toward_the_overall_like_rate(tiny_unet) -> None:
+    """``generate_strata_prior`` a: a stratum of n replied base queries, l of them likes, gets the share
+    n (l + a r) / (n + a) (r their overall like-rate): between the base's mix (n) and the likes' (l)."""
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
+    plain = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=3, generate_strata=3))
+    prior = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=3, generate_strata=3, generate_strata_prior=4.0))
+    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    for step in range(3):
+        queries = plain.propose(torch.Generator().manual_seed(step))
+        assert np.array_equal(queries, prior.propose(torch.Generator().manual_seed(step)))  # and the source of each
+        replies = user.reply(torch.as_tensor(queries), rng)
+        plain.learn(queries, replies)
+        prior.learn(queries, replies)
+    centroids, liked_shares = plain.strata_of_likes()
+    same_centroids, shares = prior.strata_of_likes()
+    assert torch.equal(centroids, same_centroids)
+    bank, base = prior.reward_fit[2], prior.buffer_src > 0
+    of = lambda f: torch.cdist(f.double(), centroids.double()).argmin(1)  # noqa: E731
+    n = torch.bincount(of(bank[base]), minlength=3).double()
+    likes = torch.bincount(of(bank[base & (prior.buffer_y > 0)]), minlength=3).double()
+    shrunk = n * (likes + 4.0 * likes.sum() / n.sum()) / (n + 4.0)
+    assert torch.allclose(shares, shrunk / shrunk.sum())
+    assert torch.allclose(liked_shares, likes / likes.sum())
+    assert not torch.allclose(shares, liked_shares)  # the prior moved them: the test can fail
+    mix, liked_mix = n / n.sum(), likes / likes.sum()
+    assert bool((shares - mix).abs().le((liked_mix - mix).abs() + 1e-9).all())  # each between the two mixes
+    assert bool((shares - liked_mix).abs().le((liked_mix - mix).abs() + 1e-9).all())
