@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--preference", default=None, help="the bot's taste as JSON, e.g. '[1, 4]'")
     v.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                    help="show the next round while the agent learns (its images one update behind)")  # fmt: skip
+    v.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
+                   help="the agent's samples (the page's 'now' grid; `papa sample` of the run) pass its reward filter: "
+                   "generate_candidates=4, generate_strata=10 unless either is given (what is asked is the preset's "
+                   "either way)")  # fmt: skip
     threads(v)
     device(v)
     cfg = v.add_argument_group("PAPAConfig fields (override the preset's)")

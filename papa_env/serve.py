@@ -1,6 +1,7 @@
 """``papa serve``: a local web page where a person is the user of a live preference-alignment session.
 
     papa serve                                   # EPAPA on the shipped MNIST model; open the printed URL
+    papa serve --no-filter                       # its samples from the weights alone (default: its reward filter)
     papa serve --bot classifier --preference "[1, 4]"   # a simulated user drives the same page's API (tests, demos)
 
 The session is the ordinary one: :func:`papa_env.session.run_session` with a :class:`~papa_env.env.PreferenceEnv`
@@ -33,6 +34,7 @@ import json
 import threading
 import time
 import urllib.parse
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -326,6 +328,10 @@ def run_bot(
 
 
 INDEX_HTML = (Path(__file__).parent / "web" / "index.html").read_text()
+# what a person gets from the agent (the "now" grid, `papa sample` of the run) passes its reward filter unless
+# --no-filter: on the suite's tuning half like@100 0.713 -> 0.907 (docs/experiments/suite-defaults.md, "The reward
+# filter in the base's proportions of the likes"); the queries, what the person is asked, are the preset's
+SERVE_FILTER = {"generate_candidates": 4, "generate_strata": 10}
 """The page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere."""
 
 
@@ -342,6 +348,8 @@ def main(ns: Any) -> dict[str, Any] | None:
     from papa_env.cli import resolve_device
 
     config = parse_into(PAPAConfig, ns, PRESETS[ns.preset])  # the preset, with the fields given as flags
+    filtered = ns.filter and not set(SERVE_FILTER) & set(vars(ns))
+    config = replace(config, **SERVE_FILTER) if filtered else config
     agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), config)
     bot, state = None, None
     if ns.bot:  # built (and its taste checked) before anything is served
@@ -353,7 +361,8 @@ def main(ns: Any) -> dict[str, Any] | None:
     server = serve(app, ns.host, ns.port)  # a folder this session cannot resume is refused here
     url = f"http://{ns.host}:{server.server_address[1]}"
     preset = agent.name if ns.preset == agent.name else f"{agent.name} ({ns.preset})"
-    changed = [f"{f}={getattr(config, f)!r}" for f in vars(ns) if f in PAPAConfig.__dataclass_fields__ and f != "seed"]
+    given = [f for f in vars(ns) if f in PAPAConfig.__dataclass_fields__ and f != "seed"]
+    changed = [f"{f}={getattr(config, f)!r}" for f in ([*SERVE_FILTER, *given] if filtered else given)]
     preset += f" with {', '.join(changed)}" if changed else ""
     print(f"papa serve: {preset} on {ns.model}, {ns.budget} replies, run folder {ns.out}")
     print(f"open {url} in a browser (Ctrl-C stops; the same command resumes)", flush=True)

@@ -107,6 +107,27 @@ def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_u
     assert len((folder / "replies.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], {"generate_candidates": 4, "generate_strata": 10}),  # a person's samples pass the agent's filter
+        (["--no-filter"], {}),
+        (["--generate-candidates", "3"], {"generate_candidates": 3}),  # given: the flags alone
+    ],
+)
+def test_serve_filters_the_agents_samples_unless_told_not_to(tmp_path, tiny_unet, capsys, flags, expected) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    save_model(tiny_unet, weights)
+    folder = tmp_path / "run"
+    argv = f"serve --model {weights} --out {folder} --port 0 --budget 10 --bot classifier --preference [1]"
+    assert main([*argv.split(), *flags, "--num-sampling-steps", "2"]) == 0
+    shown = ", ".join(f"{k}={v}" for k, v in {**expected, "num_sampling_steps": 2}.items())
+    assert f"epapa with {shown} on" in capsys.readouterr().out
+    saved = json.loads((folder / "config.json").read_text())["agent_config"]
+    preset = dataclasses.asdict(PRESETS["epapa"])
+    assert saved == json.loads(json.dumps({**preset, "num_sampling_steps": 2, **expected}))
+
+
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:
     file = tmp_path / "a-file"
     file.write_text("x")
