@@ -328,11 +328,11 @@ def run_bot(
 
 
 INDEX_HTML = (Path(__file__).parent / "web" / "index.html").read_text()
+"""The page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere."""
 # what a person gets from the agent (the "now" grid, `papa sample` of the run) passes its reward filter unless
 # --no-filter: on the suite's tuning half like@100 0.713 -> 0.907 (docs/experiments/suite-defaults.md, "The reward
 # filter in the base's proportions of the likes"); the queries, what the person is asked, are the preset's
 SERVE_FILTER = {"generate_candidates": 4, "generate_strata": 10}
-"""The page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere."""
 
 
 def main(ns: Any) -> dict[str, Any] | None:
@@ -347,9 +347,9 @@ def main(ns: Any) -> dict[str, Any] | None:
     dataset = model_metadata(path).get("dataset", "mnist")
     from papa_env.cli import resolve_device
 
-    config = parse_into(PAPAConfig, ns, PRESETS[ns.preset])  # the preset, with the fields given as flags
-    filtered = ns.filter and not set(SERVE_FILTER) & set(vars(ns))
-    config = replace(config, **SERVE_FILTER) if filtered else config
+    filtered = ns.filter and not set(SERVE_FILTER) & set(vars(ns))  # either field given: the flags decide
+    start = replace(PRESETS[ns.preset], **SERVE_FILTER) if filtered else PRESETS[ns.preset]
+    config = parse_into(PAPAConfig, ns, start)  # with the fields given as flags over it
     agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), config)
     bot, state = None, None
     if ns.bot:  # built (and its taste checked) before anything is served

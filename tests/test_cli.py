@@ -113,6 +113,10 @@ def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_u
         ([], {"generate_candidates": 4, "generate_strata": 10}),  # a person's samples pass the agent's filter
         (["--no-filter"], {}),
         (["--generate-candidates", "3"], {"generate_candidates": 3}),  # given: the flags alone
+        (  # a filter field the default leaves alone: on top of the filter
+            ["--generate-strata-prior", "2"],
+            {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0},
+        ),
     ],
 )
 def test_serve_filters_the_agents_samples_unless_told_not_to(tmp_path, tiny_unet, capsys, flags, expected) -> None:
