@@ -33,8 +33,8 @@ class ResetNeededError(PapaEnvError, ResetNeeded, RuntimeError):
 
 
 class RunMismatchError(PapaEnvError, ValueError):
-    """A run folder is resumed with a different agent, agent config, user, env, seed, budget or evaluation than it
-    was started with.
+    """A run folder that holds a reply is resumed with a different agent, agent config, user, env, seed, budget or
+    evaluation than it was started with (a folder without a reply is started again with the settings given).
 
     Raised before anything in the folder is touched: start a new folder, or resume with the settings it names.
     """

@@ -183,7 +183,8 @@ _META_KEY = "papa_env"
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """Load a file written by :func:`save_model` (eval mode, float32, CPU)."""
+    """Load a file written by :func:`save_model` (eval mode, float32, CPU). The file's other metadata (e.g. the
+    data set a base model was trained on) is kept as the model's ``papa_metadata`` (see :func:`trained_on`)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -203,7 +204,19 @@ def load_model(path: str | Path) -> nn.Module:
     else:
         raise ValueError(f"{path}: unknown architecture {arch!r}")
     model.load_state_dict(load_file(str(path)))
+    model.papa_metadata = {k: v for k, v in meta.items() if k != "config"}
     return model.eval()
+
+
+def trained_on(model: nn.Module) -> str | None:
+    """The data set a diffusion model loaded by :func:`load_model` draws from: its ``dataset`` metadata (a base model
+    from ``papa pretrain``), or that of the base model it was tuned from (a session's ``model.safetensors``); None
+    when nothing says (a model built in code)."""
+    meta = getattr(model, "papa_metadata", None) or {}
+    if "dataset" in meta:
+        return meta["dataset"]
+    base = meta.get("base_model", "")
+    return base.removesuffix("-ddpm") if base.endswith("-ddpm") else None
 
 
 def model_metadata(path: str | Path) -> dict[str, str]:

@@ -52,25 +52,31 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------- config
     def check_config(self, config: dict[str, Any], agent_defaults: dict[str, Any] | None = None) -> None:
-        """Refuse (:class:`RunMismatchError`, nothing touched) a folder started with other settings than ``config``.
-
-        Every key is compared. A field of ``config["agent_config"]`` that the saved config lacks (added to the code
-        after the folder was started) passes if it holds its default (``agent_defaults``).
-        """
-        path = self.path / CONFIG
-        if not path.exists():
-            return
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RunCorruptedError(f"{path} is not readable JSON ({err})") from None
-        current = as_json(config)
-        diffs = _differences(saved, current, "", as_json(agent_defaults or {}))
-        if diffs:
+        """Refuse (:class:`RunMismatchError`, nothing touched) a folder started with other settings than ``config``
+        once it holds a reply; a folder without one holds nothing to lose and is started again (:meth:`differences`
+        says whether it must be)."""
+        diffs = self.differences(config, agent_defaults)
+        if diffs and self.replied():
             raise RunMismatchError(
                 f"{self.path} was started with other settings than this resume ({'; '.join(diffs)}); resume it with "
                 "the settings in its config.json, or use a new run folder"
             )
+
+    def differences(self, config: dict[str, Any], agent_defaults: dict[str, Any] | None = None) -> list[str]:
+        """How the folder's config.json differs from ``config`` (empty: the same, or no config.json yet).
+
+        Every key is compared. A field of ``config["agent_config"]`` that the saved config lacks (added to the code
+        after the folder was started) passes if it holds its default (``agent_defaults``). A config.json that is not
+        JSON: :class:`RunCorruptedError`.
+        """
+        path = self.path / CONFIG
+        if not path.exists():
+            return []
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunCorruptedError(f"{path} is not readable JSON ({err})") from None
+        return _differences(saved, as_json(config), "", as_json(agent_defaults or {}))
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_atomic(self.path / CONFIG, (json.dumps(as_json(config), indent=2) + "\n").encode())
@@ -78,6 +84,11 @@ class RunFolder:
     def started(self) -> bool:
         """Whether a session has been started here (a checkpoint or a journal exists)."""
         return (self.path / CHECKPOINT).exists() or (self.path / JOURNAL).exists()
+
+    def replied(self) -> bool:
+        """Whether a user's reply has been persisted here (a journal line, or a queries file: written before it)."""
+        journal = self.path / JOURNAL
+        return (journal.exists() and journal.stat().st_size > 0) or any((self.path / "queries").glob("*.npz"))
 
     # ------------------------------------------------------------------------------------------ journal
     def append(

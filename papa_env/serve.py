@@ -29,6 +29,7 @@ otherwise.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import threading
@@ -84,6 +85,12 @@ class _Locked:
     def generate(self, n, generator):
         with self._lock:
             return self._agent.generate(n, generator)
+
+    def snapshot(self) -> Any:
+        """A copy of the agent as it is between two updates: the page draws from it without holding up the session
+        (the reward filter makes a grid of 25 cost seconds)."""
+        with self._lock:
+            return copy.deepcopy(self._agent)
 
     def state_dict(self):
         return self._agent.state_dict()
@@ -219,7 +226,7 @@ class App:
                 self._before = _png(Image.fromarray(grid_array(images, nrow=5, upscale=3)))
             return self._before
         if which == "now":
-            images = self.agent.generate(25, generator)
+            images = self.agent.snapshot().generate(25, generator)
             return _png(Image.fromarray(grid_array(images, nrow=5, upscale=3)))
         raise ValueError(f"which must be 'before' or 'now', got {which!r}")
 

@@ -98,6 +98,25 @@ def check_run_folder(agent: Agent, env, run_dir: str | os.PathLike, *, eval_ever
     return config
 
 
+def warn_if_other_data(agent: Agent, env) -> None:
+    """Warn (a ``UserWarning``; nothing stops) when the agent's model was trained on another data set than the one
+    the env's users judge, e.g. the MNIST model against ``PAPA-FashionMNIST-v0``: its likes would be rare and the
+    judge's scores meaningless. Silent for a model that does not say (:func:`papa_env.models.trained_on`)."""
+    import warnings
+
+    from papa_env.models import trained_on
+
+    model = getattr(agent, "model", None)
+    data = trained_on(model()) if callable(model) else None
+    if data is not None and data != env.unwrapped.dataset:
+        warnings.warn(
+            f"{agent.name}'s model was trained on {data!r} but this env's users judge {env.unwrapped.dataset!r} "
+            f"images; for this env load_pretrained({env.unwrapped.base_model!r})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _config_defaults(agent: Agent) -> dict[str, Any]:
     cfg = getattr(agent, "cfg", None)
     if not is_dataclass(cfg):
@@ -125,9 +144,9 @@ def run_session(
     Args:
         agent: any :class:`Agent`.
         env: a PreferenceEnv (``gym.make(...)``); its budget bounds the session.
-        run_dir: folder for the run's files; an existing run there is resumed (with the same settings only:
-            :class:`~papa_env.errors.RunMismatchError`; a damaged folder: :class:`~papa_env.errors.
-            RunCorruptedError`). None: nothing is written.
+        run_dir: folder for the run's files; an existing run there is resumed (with the same settings only, once it
+            holds a reply: :class:`~papa_env.errors.RunMismatchError`; one without a reply is started again; a
+            damaged folder: :class:`~papa_env.errors.RunCorruptedError`). None: nothing is written.
         eval_every: replies between evaluations (0: no evaluation).
         evaluator: privileged metrics (default :class:`~papa_env.evaluation.Evaluator` when ``eval_every``).
         seed: seeds the env's reset and the agent's query noise.
@@ -152,6 +171,7 @@ def run_session(
         agent = Leader(agent)
     if eval_every and evaluator is None:
         evaluator = Evaluator(env)
+    warn_if_other_data(agent, env)
     try:
         run = _Run(agent, env, RunFolder(run_dir) if run_dir is not None else None, evaluator if eval_every else None)
         run.lookahead = lookahead
@@ -187,8 +207,8 @@ class _Run:
         if self.folder is not None:
             config = check_run_folder(self.agent, self.env, self.folder.path, eval_every=eval_every,
                                       evaluator=self.evaluator, seed=seed, lookahead=self.lookahead)  # fmt: skip
-            if self.folder.started():
-                self.resume()
+            if self.folder.started() and not self.folder.differences(config, _config_defaults(self.agent)):
+                self.resume()  # (other settings and no reply yet: started again, check_run_folder allowed it)
             self.folder.write_config(config)
         if self.step == 0 and not self.records:
             if self.folder is not None:

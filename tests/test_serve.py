@@ -162,6 +162,33 @@ def test_bad_submissions_are_refused_and_change_nothing_then_a_restart_resumes(t
     assert len((out / "replies.jsonl").read_text().splitlines()) == 2
 
 
+def test_the_now_grid_is_drawn_from_a_copy_without_holding_up_the_session(tiny_unet, tmp_path) -> None:
+    from PIL import Image
+
+    from papa_env.serve import _png
+    from papa_env.viz import grid_array
+
+    agent = _tiny_agent(tiny_unet)
+    drawn_while_locked, draw = [], agent.generate
+
+    def generate(n, generator):  # copied with the agent (a method of the copy then)
+        drawn_while_locked.append(app.lock.locked())
+        return draw(n, generator)
+
+    agent.generate = generate
+    app, server, url = _start(agent, tmp_path / "run")
+    try:
+        _wait_round(url, 1)
+        with urllib.request.urlopen(url + "/api/grid?which=now") as r:
+            png = r.read()
+        assert drawn_while_locked == [False]
+        with app.lock:
+            images = draw(25, torch.Generator().manual_seed(12345))
+        assert png == _png(Image.fromarray(grid_array(images, nrow=5, upscale=3)))  # what the agent would draw
+    finally:
+        _stop(app, server)
+
+
 def test_a_folder_of_another_session_is_refused_before_anything_is_served(tiny_unet, tmp_path) -> None:
     import socket
 
@@ -171,9 +198,11 @@ def test_a_folder_of_another_session_is_refused_before_anything_is_served(tiny_u
     app, server, url = _start(_tiny_agent(tiny_unet), out, budget=30)
     try:
         _wait_round(url, 1)
+        assert _post(url, {"round": 1, "replies": [1] * 10})[0] == 200
+        _wait_round(url, 2)
     finally:
         _stop(app, server)
-    saved = (out / "config.json").read_bytes()
+    saved, journal = (out / "config.json").read_bytes(), (out / "replies.jsonl").read_bytes()
     with socket.socket() as probe:  # a free port, to check the refused server let it go
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -181,7 +210,22 @@ def test_a_folder_of_another_session_is_refused_before_anything_is_served(tiny_u
         _start(_tiny_agent(tiny_unet), out, budget=40, port=port)
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))  # free: the refused server closed its socket
-    assert (out / "config.json").read_bytes() == saved and not (out / "replies.jsonl").exists()
+    assert (out / "config.json").read_bytes() == saved and (out / "replies.jsonl").read_bytes() == journal
+
+
+def test_a_folder_shown_to_no_one_yet_is_served_again_with_other_settings(tiny_unet, tmp_path) -> None:
+    out = tmp_path / "run"
+    app, server, url = _start(_tiny_agent(tiny_unet), out, budget=30)
+    try:
+        _wait_round(url, 1)  # shown, never answered: nothing of the person's is in the folder
+    finally:
+        _stop(app, server)
+    app, server, url = _start(_tiny_agent(tiny_unet), out, budget=40)
+    try:
+        assert _wait_round(url, 1)["rounds"] == 4
+    finally:
+        _stop(app, server)
+    assert json.loads((out / "config.json").read_text())["feedback_budget"] == 40
 
 
 def test_a_bot_drives_the_api_to_the_end_of_the_budget(tiny_unet, tmp_path) -> None:

@@ -79,6 +79,45 @@ def test_resuming_with_other_settings_is_refused_before_touching_the_folder(tiny
         run_session(_agent(tiny_unet, base_queries=2), bright_env(60), run, eval_every=0, progress=False)
 
 
+def test_a_folder_without_a_reply_is_started_again_with_the_settings_given(tiny_unet, tmp_path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"\(4, 1, 28, 28\)"):  # an agent of 10 queries in an env of 4: the env says
+        run_session(_agent(tiny_unet), bright_env(60, k=4), run, eval_every=20, evaluator=ToyEval(bright_env(60, k=4)),
+                    progress=False)  # fmt: skip
+    assert (run / "config.json").exists() and not (run / "replies.jsonl").exists()  # evaluated, nothing asked
+    records = run_session(_agent(tiny_unet, queries_per_step=4), bright_env(60, k=4), run, eval_every=20,
+                          evaluator=ToyEval(bright_env(60, k=4)), progress=False, stop_after_steps=5)  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["agent_config"]["queries_per_step"] == 4
+    assert [r["replies"] for r in records] == [0, 20] and len(_replies(run)) == 5
+    fresh = tmp_path / "fresh"  # the same as a session started in a new folder
+    same = run_session(_agent(tiny_unet, queries_per_step=4), bright_env(60, k=4), fresh, eval_every=20,
+                       evaluator=ToyEval(bright_env(60, k=4)), progress=False, stop_after_steps=5)  # fmt: skip
+    assert _replies(fresh) == _replies(run) and [r["eval/like_rate_oracle"] for r in same] == [
+        r["eval/like_rate_oracle"] for r in records
+    ]
+    with pytest.raises(RunMismatchError, match="queries_per_step: 4 -> 10"):  # once a reply is in, never again
+        run_session(_agent(tiny_unet), bright_env(60, k=4), run, eval_every=20, evaluator=ToyEval(bright_env(60, k=4)),
+                    progress=False)  # fmt: skip
+
+
+def test_a_model_of_another_data_set_than_the_envs_is_warned_about(tiny_unet, tmp_path) -> None:
+    import warnings
+
+    from papa_env.models import load_model, save_model, trained_on
+
+    save_model(tiny_unet, tmp_path / "base.safetensors", dataset="mnist")
+    save_model(tiny_unet, tmp_path / "tuned.safetensors", agent="epapa", base_model="fashion-mnist-ddpm")
+    base, tuned = load_model(tmp_path / "base.safetensors"), load_model(tmp_path / "tuned.safetensors")
+    assert (trained_on(base), trained_on(tuned), trained_on(tiny_unet)) == ("mnist", "fashion-mnist", None)
+    for model, dataset in [(base, "fashion-mnist"), (tuned, "mnist")]:
+        with pytest.warns(UserWarning, match=f"trained on '{trained_on(model)}'.*judge '{dataset}'"):
+            run_session(_agent(model), bright_env(20, dataset=dataset), eval_every=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching data set, or a model that does not say: silent
+        for model, dataset in [(base, "mnist"), (tuned, "fashion-mnist"), (tiny_unet, "fashion-mnist")]:
+            run_session(_agent(model), bright_env(20, dataset=dataset), eval_every=0, progress=False)
+
+
 class _KilledAt(ToyEval):
     """An evaluator whose ``n``-th call dies (as a kill would) after the update before it was checkpointed."""
 
