@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -102,8 +103,6 @@ def warn_if_other_data(agent: Agent, env) -> None:
     """Warn (a ``UserWarning``; nothing stops) when the agent's model was trained on another data set than the one
     the env's users judge, e.g. the MNIST model against ``PAPA-FashionMNIST-v0``: its likes would be rare and the
     judge's scores meaningless. Silent for a model that does not say (:func:`papa_env.models.trained_on`)."""
-    import warnings
-
     from papa_env.models import trained_on
 
     model = getattr(agent, "model", None)
@@ -207,8 +206,12 @@ class _Run:
         if self.folder is not None:
             config = check_run_folder(self.agent, self.env, self.folder.path, eval_every=eval_every,
                                       evaluator=self.evaluator, seed=seed, lookahead=self.lookahead)  # fmt: skip
-            if self.folder.started() and not self.folder.differences(config, _config_defaults(self.agent)):
-                self.resume()  # (other settings and no reply yet: started again, check_run_folder allowed it)
+            diffs = self.folder.differences(config, _config_defaults(self.agent))
+            if diffs:  # and no reply yet (check_run_folder refuses it otherwise): nothing to lose, started again
+                warnings.warn(f"{self.folder.path} holds no reply yet: started again with these settings "
+                              f"({'; '.join(diffs)})", UserWarning, stacklevel=3)  # fmt: skip
+            elif self.folder.started():
+                self.resume()
             self.folder.write_config(config)
         if self.step == 0 and not self.records:
             if self.folder is not None:

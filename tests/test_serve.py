@@ -220,11 +220,12 @@ def test_a_folder_shown_to_no_one_yet_is_served_again_with_other_settings(tiny_u
         _wait_round(url, 1)  # shown, never answered: nothing of the person's is in the folder
     finally:
         _stop(app, server)
-    app, server, url = _start(_tiny_agent(tiny_unet), out, budget=40)
-    try:
-        assert _wait_round(url, 1)["rounds"] == 4
-    finally:
-        _stop(app, server)
+    with pytest.warns(UserWarning, match=r"holds no reply yet: started again.*feedback_budget: 30 -> 40"):
+        app, server, url = _start(_tiny_agent(tiny_unet), out, budget=40)
+        try:
+            assert _wait_round(url, 1)["rounds"] == 4
+        finally:
+            _stop(app, server)
     assert json.loads((out / "config.json").read_text())["feedback_budget"] == 40
 
 

@@ -85,8 +85,9 @@ def test_a_folder_without_a_reply_is_started_again_with_the_settings_given(tiny_
         run_session(_agent(tiny_unet), bright_env(60, k=4), run, eval_every=20, evaluator=ToyEval(bright_env(60, k=4)),
                     progress=False)  # fmt: skip
     assert (run / "config.json").exists() and not (run / "replies.jsonl").exists()  # evaluated, nothing asked
-    records = run_session(_agent(tiny_unet, queries_per_step=4), bright_env(60, k=4), run, eval_every=20,
-                          evaluator=ToyEval(bright_env(60, k=4)), progress=False, stop_after_steps=5)  # fmt: skip
+    with pytest.warns(UserWarning, match="holds no reply yet: started again.*queries_per_step: 10 -> 4"):
+        records = run_session(_agent(tiny_unet, queries_per_step=4), bright_env(60, k=4), run, eval_every=20,
+                              evaluator=ToyEval(bright_env(60, k=4)), progress=False, stop_after_steps=5)  # fmt: skip
     assert json.loads((run / "config.json").read_text())["agent_config"]["queries_per_step"] == 4
     assert [r["replies"] for r in records] == [0, 20] and len(_replies(run)) == 5
     fresh = tmp_path / "fresh"  # the same as a session started in a new folder
