@@ -53,7 +53,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     tastes = {t.name: t for t in make_suite("tuning")}
-    pairs = [(p.rsplit(":", 1)[0], int(p.rsplit(":", 1)[1])) for p in a.pairs.split(",")]
+    pairs = [tuple(p.rsplit(":", 1)) for p in a.pairs.split(",")]
+    bad = [":".join(p) for p in pairs if len(p) != 2 or p[0] not in tastes or not p[1].isdigit()]
+    if bad:
+        ap.error(f"--pairs: expected taste:seed of the tuning half ({', '.join(tastes)}), got {bad}")
+    pairs = [(t, int(s)) for t, s in pairs]
     overrides = json.loads(a.override)
     specs = [
         SessionSpec(
