@@ -52,7 +52,7 @@ def run_papa(
     print(f"\n{secs:.0f} s in this call; grids: {Path(out) / 'samples_before.png'}, {Path(out) / 'samples_after.png'};"
           f" curve: {Path(out) / 'like_rate.png'}")  # fmt: skip
     summary = {"env": env_id, "env_kwargs": env_kwargs or {}, "seed": seed, "label": label, "out": str(out),
-               **summarize(records, liked_classes(env)), "wall": round(secs)}  # fmt: skip
+               **summarize(records, liked_classes(env), samples=eval_samples), "wall": round(secs)}  # fmt: skip
     return records, summary
 
 

@@ -79,17 +79,34 @@ def liked_classes(env) -> tuple[int, ...] | None:
     return tuple(user.preference) if isinstance(user, ClassifierOracle) else None
 
 
+FALL_Z = 3.0
+"""How many standard errors of two evaluations' difference a like-rate fall must exceed to be flagged (with
+``samples``): ~2% of the sessions of a model that never changes are flagged, whatever its like-rate or the number of
+evaluations of a suite session (the fall is read against the best of the evaluations before it)."""
+
+
+def _fall_se(best: float, now: float, samples: int) -> float:
+    """The standard error of the difference of two like-rates, ``best`` and ``now``, each the share of ``samples``
+    independent images (binomial)."""
+    return float(np.sqrt((best * (1 - best) + now * (1 - now)) / samples))
+
+
 def collapse_report(
     records: list[dict],
     max_share: float = 0.6,
     tolerance: float = 0.05,
     liked: tuple[int, ...] | None = None,
     reference: dict[int, float] | None = None,
+    samples: int | None = None,
 ) -> list[str]:
     """Signs of collapse in a session's evaluations (empty list: none).
 
     A session collapses when the judge's like-rate (the user's, for users without a judge) falls more than
-    ``tolerance`` below the best it reached before, or when its samples crowd onto one class. Crowding, by what is
+    ``tolerance`` below the best it reached before, or when its samples crowd onto one class. With ``samples`` (the
+    images per evaluation) a fall must also be more than :data:`FALL_Z` standard errors of the difference of two
+    like-rates measured on that many images: a 100-sample evaluation alone wobbles by +-0.04-0.05, so without it a
+    session whose model never changes reads a fall in 31-84% of cases at like-rates 0.95-0.70, with it in ~2%
+    (``docs/experiments/flag_noise.py``). Crowding, by what is
     known of the user: without ``liked``, one class holds more than ``max_share`` of the samples; with two or more
     liked classes, a liked class falls below half of its share among the base's liked samples (records[0]; the
     balance goal of the user suite: a 26% / 74% split the base model already has is not crowding) at two
@@ -122,7 +139,7 @@ def collapse_report(
             if i and low[i - 1] and low[i]:
                 balance = relative_balance(records, liked, i, reference)
                 problems.append(f"{r['replies']} replies: a liked class at {balance:.2f} of its base share")
-        if r[key] < best - tolerance:
+        if r[key] < best - tolerance and (samples is None or best - r[key] > FALL_Z * _fall_se(best, r[key], samples)):
             problems.append(f"{r['replies']} replies: {key} fell to {r[key]:.3f} from {best:.3f}")
         best = max(best, r[key])
     return problems
@@ -174,11 +191,13 @@ def session_metrics(
     liked: tuple[int, ...] | None = None,
     target: float = 0.9,
     reference: dict[int, float] | None = None,
+    samples: int | None = None,
 ) -> dict[str, Any]:
     """What the user suite reports of one session (issue 22): like-rate at every evaluation, replies to first reach
     ``target`` (feedback efficiency; None if never), the liked share of what the user was shown, judge confidence
     before and after, the relative balance of the liked classes at the end (:func:`relative_balance`, against
-    ``reference`` when given) and collapse flags."""
+    ``reference`` when given) and collapse flags (a like-rate fall read against the noise of ``samples`` images per
+    evaluation when given: :func:`collapse_report`)."""
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     reached = [r["replies"] for r in records if r[key] >= target]
     return {
@@ -189,11 +208,11 @@ def session_metrics(
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "judge_confidence": [records[0]["eval/judge_confidence"], records[-1]["eval/judge_confidence"]],
         "relative_balance": relative_balance(records, liked, reference=reference) if liked else None,
-        "collapse": collapse_report(records, liked=liked, reference=reference),
+        "collapse": collapse_report(records, liked=liked, reference=reference, samples=samples),
     }
 
 
-def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict[str, Any]:
+def summarize(records: list[dict], liked: tuple[int, ...] | None = None, samples: int | None = None) -> dict[str, Any]:
     """A session's evaluations in one line: like-rate at each evaluation (the judge's where the taste is made of
     classes, else the user's), judge confidence before -> after, the largest class share at any evaluation, each
     liked class's share at the end, seconds per interaction, update rows and any collapse."""
@@ -217,5 +236,5 @@ def summarize(records: list[dict], liked: tuple[int, ...] | None = None) -> dict
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "seconds_per_interaction": round(float(np.mean(secs)), 2) if secs else None,
         "update_rows_per_interaction": records[-1].get("compute/rows"),
-        "collapse": collapse_report(records, liked=liked),
+        "collapse": collapse_report(records, liked=liked, samples=samples),
     }

@@ -203,7 +203,7 @@ def run_one(spec: SessionSpec, root: str | os.PathLike, threads: int | None = No
             records = run_session(
                 agent, env, run_dir, eval_every=spec.eval_every, evaluator=evaluator, seed=spec.seed, progress=False
             )
-    metrics = session_metrics(records, liked_classes(env))
+    metrics = session_metrics(records, liked_classes(env), samples=spec.eval_samples)
     result = {
         "spec": asdict(spec),
         "agent": spec.label,
@@ -699,15 +699,17 @@ def rescore(
     label: str = "base samples",
 ) -> None:
     """Suite sessions scored (again) from their evaluations by today's :func:`session_metrics` (a metric redefined
-    since they ran applies to them too); ``liked``: the liked classes by taste name; ``references``: the base's class
-    shares by (env id, model) from :func:`balance_references`, for sessions whose agent samples as the reference did
-    (``label`` says which in each session's metrics)."""
+    since they ran applies to them too; a like-rate fall is read against their own evaluations' sample size);
+    ``liked``: the liked classes by taste name; ``references``: the base's class shares by (env id, model) from
+    :func:`balance_references`, for sessions whose agent samples as the reference did (``label`` says which in each
+    session's metrics)."""
     from papa_env.evaluation import session_metrics
 
     for r in results:
         if r.get("taste") in liked:
             ref = (references or {}).get(_reference_key(r)) if _samples_by_default(r) else None
-            r["metrics"] = session_metrics(r["records"], liked[r["taste"]], reference=ref)
+            samples = (r.get("spec") or {}).get("eval_samples")
+            r["metrics"] = session_metrics(r["records"], liked[r["taste"]], reference=ref, samples=samples)
             if len(liked[r["taste"]] or ()) > 1:  # a balance to read: say against what
                 r["metrics"]["balance_reference"] = label if ref is not None else "first evaluation"
             r["collapse"] = r["metrics"]["collapse"]

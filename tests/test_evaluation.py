@@ -23,6 +23,41 @@ def test_collapse_report_flags_a_dominant_class_and_a_falling_like_rate() -> Non
     assert len(problems) == 2 and "65%" in problems[0] and "fell to 0.500" in problems[1]
 
 
+def test_a_like_rate_fall_is_read_against_the_noise_of_the_evaluations_sample_size() -> None:
+    """0.93 -> 0.86 on 100 images each is within their noise (1.8 standard errors); on 2,000 images it is a fall (8);
+    0.95 -> 0.75 is a fall on 100 images too. Without ``samples``, any fall over the tolerance counts."""
+    wobble = [_rec(0, 0.2, 0.1), _rec(50, 0.93, 0.3), _rec(100, 0.86, 0.3)]
+    assert collapse_report(wobble, samples=100) == []
+    assert collapse_report(wobble, samples=2000) == ["100 replies: eval/like_rate_judge fell to 0.860 from 0.930"]
+    assert collapse_report(wobble) == collapse_report(wobble, samples=2000)
+    fall = [_rec(0, 0.2, 0.1), _rec(50, 0.95, 0.3), _rec(100, 0.75, 0.3)]
+    assert collapse_report(fall, samples=100) == ["100 replies: eval/like_rate_judge fell to 0.750 from 0.950"]
+    from_one = [_rec(0, 0.2, 0.1), _rec(50, 1.0, 0.3), _rec(100, 0.88, 0.3)]  # 3.7 standard errors
+    assert collapse_report(from_one, samples=100) == ["100 replies: eval/like_rate_judge fell to 0.880 from 1.000"]
+    assert collapse_report(from_one, samples=100, tolerance=0.15) == []  # and the tolerance still applies
+
+
+def test_flat_sessions_read_a_fall_rarely_and_real_falls_are_seen() -> None:
+    """The rule's false alarms and power, simulated: 2,000 sessions of a model that never changes (7 evaluations of
+    100 binomial samples) at like-rates 0.7 / 0.9 are flagged in under 4% (the tolerance alone: 60-85%), and a
+    model whose like-rate drops for good from 0.9 to 0.7 at the fourth evaluation in over 95%."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def flagged(rates: list[float], samples: int | None) -> float:
+        hits = 0
+        for _ in range(2000):
+            drawn = rng.binomial(100, rates) / 100
+            hits += bool(collapse_report([_rec(50 * i, float(r), 0.3) for i, r in enumerate(drawn)], samples=samples))
+        return hits / 2000
+
+    for p in (0.7, 0.9):
+        flat = [0.2] + [p] * 6
+        assert flagged(flat, 100) < 0.04 and flagged(flat, None) > 0.55, p
+    assert flagged([0.2, 0.9, 0.9, 0.9, 0.7, 0.7, 0.7], 100) > 0.95
+
+
 def test_summarize_reads_the_judge_like_rate_and_the_liked_classes_shares() -> None:
     shares = {f"eval/class_share/{c}": 0.1 for c in range(10)}
     records = [_rec(0, 0.4, 0.12, **shares), _rec(100, 0.8, 0.3, **shares, **{"charts/seconds_per_interaction": 2.0})]

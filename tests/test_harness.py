@@ -177,6 +177,16 @@ def test_reused_suite_sessions_are_scored_again_by_todays_metrics() -> None:
     assert faithful["metrics"]["balance_reference"] == "first evaluation"  # 1000-step DDPM: not the reference's sampler
 
 
+def test_rescored_like_rate_falls_are_read_against_each_sessions_own_evaluation_size() -> None:
+    records = [{"replies": n, "eval/like_rate_judge": like, "eval/judge_confidence": 0.8, "eval/max_class_share": 0.3,
+                "eval/class_share/3": like} for n, like in ((0, 0.1), (150, 0.93), (300, 0.86))]  # fmt: skip
+    small, large = ({"agent": "epapa", "seed": 0, "taste": "mnist-3", "records": records, "collapse": [],
+                     "spec": {"eval_samples": n}} for n in (100, 2000))  # fmt: skip
+    harness.rescore([small, large], {"mnist-3": (3,)})
+    assert small["collapse"] == []  # 0.07 on 100 images: within their noise
+    assert large["collapse"] == ["300 replies: eval/like_rate_judge fell to 0.860 from 0.930"]
+
+
 def test_a_reused_sessions_missing_base_model_keeps_the_first_evaluation_as_its_reference(tmp_path, capsys) -> None:
     spec = {"env": "PAPA-MNIST-v0", "model": str(tmp_path / "gone.safetensors"), "agent": "epapa", "overrides": {}}
     assert harness.balance_references([{"spec": spec}], 10, tmp_path) == {}
