@@ -98,7 +98,10 @@ class PAPAConfig:
     pool_size: int | None = None
     """draw this many candidates and let ``selector`` choose the K shown (None: draw K, all shown)"""
     selector: str = "random"
-    """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn)"""
+    """which K of the pool are shown: agents/selection.py's rules (random: the first K, as drawn); with
+    "proportional" (K drawn at random, predicted likes more often) each reply is weighted by K / (M x the chance its
+    query had to be shown), in the update, its replays and the reply baseline: the update is, in expectation, the
+    one of K queries drawn at random from the pool, while a person is shown more of what they like"""
     liked_share: float = 0.7
     """with selector="liked": the share of the K chosen as predicted likes (the rest: where the ensemble disagrees)"""
     selector_features: str = "unet"
@@ -287,6 +290,10 @@ class PAPA:
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
         self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
+        self.shown_weight: np.ndarray | None = None  # with a selector that knows its inclusion probabilities: each
+        # proposed query's Horvitz-Thompson weight, K / (M pi)
+        self.buffer_w = torch.zeros(0)  # the weight of each reply of the buffer (1 unless shown by such a selector)
+        self.tuned_w = torch.zeros(0)  # ... and of each reply of tuned_y
         spread = config.base_candidates > 1 or config.tuned_candidates > 1
         self.base_features = UNetFeatures(self.base) if spread else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
@@ -324,6 +331,9 @@ class PAPA:
             pool = Pool(*(v[torch.cat([keep_tuned, keep])] for v in pool))
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
+        inclusion = getattr(self.selector, "inclusion", lambda *_: None)(pool, c.queries_per_step)
+        if inclusion is not None:  # Horvitz-Thompson: K / (M pi), 1 for K drawn at random from M
+            self.shown_weight = (c.queries_per_step / (len(pool.images) * inclusion[chosen])).float().numpy()
         return pool.images[chosen].numpy()
 
     def stratum(self, features: torch.Tensor) -> torch.Tensor:
@@ -338,15 +348,18 @@ class PAPA:
         c = self.cfg
         if not c.fewer_base_queries or c.paired_replies or not len(self.tuned_y):
             return c.base_queries
-        like_rate = float((self.tuned_y > 0).float().mean())  # the last reply_baseline (learn keeps no more)
+        w = self.tuned_w if len(self.tuned_w) == len(self.tuned_y) else torch.ones(len(self.tuned_y))
+        like_rate = float((w * (self.tuned_y > 0)).sum() / w.sum())  # the last reply_baseline (learn keeps no more)
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
         needed = self.cfg.fewer_base_queries or self.cfg.base_candidates > 1
-        return {"source": self.shown_source} if needed and self.shown_source is not None else {}
+        state = {"source": self.shown_source} if needed and self.shown_source is not None else {}
+        return state | ({"weight": self.shown_weight} if self.shown_weight is not None else {})
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
+        self.shown_weight = np.asarray(state["weight"]) if "weight" in state else None
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`
@@ -424,19 +437,29 @@ class PAPA:
         known = self.shown_source is not None and len(self.shown_source) == len(y)
         src = torch.as_tensor(self.shown_source, dtype=torch.float32) if known else torch.zeros(len(y))
         src = src.to(self.device)
+        weighted = self.shown_weight is not None and len(self.shown_weight) == len(y)
+        w = torch.as_tensor(self.shown_weight, dtype=torch.float32) if weighted else torch.ones(len(y))
+        if len(self.buffer_w) != len(self.buffer_y):  # a checkpoint from before the weights: all 1
+            self.buffer_w = torch.ones(len(self.buffer_y))
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
-        # the reply baseline b: the mean of the last `reply_baseline` signed replies, this interaction's included
-        recent = torch.cat([self.buffer_y, y[y != 0]])[-(self.cfg.reply_baseline or 1) :]
-        if (baseline := float(recent.mean()) if self.cfg.reply_baseline and len(recent) else None) is not None:
+        # the reply baseline b: the (weighted) mean of the last `reply_baseline` signed replies, this interaction's in
+        window = -(self.cfg.reply_baseline or 1)
+        recent = torch.cat([self.buffer_y.cpu(), y.cpu()[y.cpu() != 0]])[window:]
+        recent_w = torch.cat([self.buffer_w, w[y.cpu() != 0]])[window:]
+        if self.cfg.reply_baseline and len(recent):
+            baseline = float((recent_w * recent).sum() / recent_w.sum())
             stats["charts/reply_baseline"] = baseline
+        else:
+            baseline = None
         behind = self.cfg.paired_replies or baseline is not None and (1 + baseline) / 2 < self.cfg.catch_up_below
         self.unet.train()
-        for xb, yb in self._batches(x0, y, extra=self.cfg.catch_up_updates if behind else 0):
+        for xb, yb, wb in self._batches(x0, y, w.to(self.device), extra=self.cfg.catch_up_updates if behind else 0):
             if not bool((yb != 0).any()):
                 continue  # only skips (or {+1, 0} dislikes): nothing to learn from this batch
             timesteps = draw_timesteps(len(xb), self.cfg, self.generator).to(self.device)
             noise = torch.randn(xb.shape, generator=self.generator).to(self.device)
-            weight = None if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
+            weight = yb if baseline is None else torch.where(yb != 0, yb - baseline, torch.zeros_like(yb))
+            weight = weight * wb  # 1 for every reply unless a selector's inclusion probabilities say otherwise
             self.opt.zero_grad(set_to_none=True)
             out = papa_loss(self.unet, self.base, xb, yb, timesteps, noise, self.cfg, weight, backward=True)
             all_reduce_gradients(self.unet.parameters())  # + the other processes' rows' gradients, under torchrun
@@ -454,26 +477,34 @@ class PAPA:
         self.buffer_x = torch.cat([self.buffer_x.view(-1, *x0.shape[1:]), x0[y != 0]])  # skips teach nothing later
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
         self.buffer_src = torch.cat([self.buffer_src, src.cpu()[y.cpu() != 0]])
+        self.buffer_w = torch.cat([self.buffer_w, w[y.cpu() != 0]])
         if self.base_features is not None and bool((src > 0).any()):
             self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src > 0])])
         if self.cfg.fewer_base_queries and known:
-            tuned = y.cpu()[torch.as_tensor(self.shown_source) == 0]
-            self.tuned_y = torch.cat([self.tuned_y, tuned[tuned != 0]])[-(self.cfg.reply_baseline or 1) :]
-        self.shown_source = None
+            tuned = torch.as_tensor(self.shown_source) == 0
+            yt, wt = y.cpu()[tuned], w[tuned]
+            if len(self.tuned_w) != len(self.tuned_y):
+                self.tuned_w = torch.ones(len(self.tuned_y))
+            self.tuned_y = torch.cat([self.tuned_y, yt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
+            self.tuned_w = torch.cat([self.tuned_w, wt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
+        self.shown_source, self.shown_weight = None, None
         return stats
 
-    def _batches(self, x0: torch.Tensor, y: torch.Tensor, extra: int = 0):
-        """(queries, signs) per optimizer step: one pass in batches, or all K new + ``replay`` earlier ones each."""
+    def _batches(self, x0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, extra: int = 0):
+        """(queries, signs, reply weights) per optimizer step: one pass in batches, or all K new + ``replay`` earlier
+        ones each."""
         if self.cfg.updates_per_interaction is None and not self.cfg.replay:
             for start in range(0, len(x0), self.cfg.batch_size):
-                yield x0[start : start + self.cfg.batch_size], y[start : start + self.cfg.batch_size]
+                end = start + self.cfg.batch_size
+                yield x0[start:end], y[start:end], w[start:end]
             return
         for _ in range((self.cfg.updates_per_interaction or 1) + extra):
             if self.cfg.replay and len(self.buffer_y):
                 idx = torch.randint(len(self.buffer_y), (self.cfg.replay,), generator=self.generator)
-                yield torch.cat([x0, self.buffer_x[idx]]), torch.cat([y, self.buffer_y[idx]])
+                replayed = self.buffer_x[idx], self.buffer_y[idx], self.buffer_w[idx].to(w.device)
+                yield tuple(torch.cat([new, old]) for new, old in zip((x0, y, w), replayed))
             else:
-                yield x0, y
+                yield x0, y, w
 
     def model(self) -> torch.nn.Module:  # the tuned weights samples are drawn from (the average, with ema_decay)
         return self.sampled
@@ -490,7 +521,8 @@ class PAPA:
         return {"unet": self.unet.state_dict(), "opt": self.opt.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
-                "shown_base": self.shown_base.clone(), "buffer_src": self.buffer_src.clone(), **ema}  # fmt: skip
+                "shown_base": self.shown_base.clone(), "buffer_src": self.buffer_src.clone(),
+                "buffer_w": self.buffer_w.clone(), "tuned_w": self.tuned_w.clone(), **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -501,6 +533,8 @@ class PAPA:
         self.tuned_y = state.get("tuned_y", torch.zeros(0))  # absent from checkpoints of before fewer_base_queries
         self.shown_base = state.get("shown_base", torch.zeros(0))  # absent before base_candidates
         self.buffer_src = state.get("buffer_src", torch.zeros(0))  # absent before generate_strata: all likes count
+        self.buffer_w = state.get("buffer_w", torch.ones(len(self.buffer_y)))  # absent before "proportional": all 1
+        self.tuned_w = state.get("tuned_w", torch.ones(len(self.tuned_y)))
         self.reward_fit = (0, None, torch.zeros(0))  # refitted from the restored replies when next asked
         self.liked_strata = (0, torch.zeros(0), torch.zeros(0))
         if self.ema is not None:

@@ -16,7 +16,11 @@ Rules (``SELECTORS``):
 * ``liked``: mostly the predicted likes, what a person sees (``liked_share`` of K, spread by k-center over the pool's
   2 x as many likeliest), the rest by disagreement, shown alternately (a pairwise user's pairs then each hold a
   predicted like and a disputed image);
-* ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling).
+* ``thompson``: the top K of one ensemble member drawn at random (Thompson sampling);
+* ``proportional``: K drawn at random with known inclusion probabilities, higher for the predicted likes
+  (:func:`inclusion_probabilities`, :func:`systematic_sample`): a person is shown more of what they like, and an
+  agent that weights each reply by K / (M x its inclusion probability) (Horvitz-Thompson) learns in expectation
+  what it would from K of the pool drawn at random (``inclusion``; PAPA does).
 
 Features (``FEATURES``), both the agent's own: ``unet``, the frozen base UNet's mid-block activations at t = 200,
 average-pooled to 2 x 2, as a direction and a log-norm (``UNetFeatures``); ``random``, a fixed, seeded random
@@ -148,7 +152,8 @@ class EnsembleSelector:
     """Rules on an ensemble of ridge-regression reward models fitted online on the replies so far.
 
     Args:
-        rule: ``disagreement``, ``entropy``, ``diversity``, ``liked`` or ``thompson`` (see the module docstring).
+        rule: ``disagreement``, ``entropy``, ``diversity``, ``liked``, ``thompson`` or ``proportional`` (see the
+            module docstring).
         members: ensemble size; each member sees a bootstrap resample of the replies.
         ridge: the L2 penalty of each member.
         liked_share: with ``liked``, the share of the K chosen as the predicted likes (the rest informative).
@@ -157,7 +162,7 @@ class EnsembleSelector:
 
     def __init__(self, rule: str = "disagreement", members: int = 8, ridge: float = 1.0, liked_share: float = 0.7,
                  seed: int = 0) -> None:  # fmt: skip
-        if rule not in ("disagreement", "entropy", "diversity", "liked", "thompson"):
+        if rule not in ("disagreement", "entropy", "diversity", "liked", "thompson", "proportional"):
             raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(SELECTORS)}")
         if members < 2 or ridge <= 0 or not 0 <= liked_share <= 1:
             raise ValueError("members must be >= 2, ridge > 0 and liked_share in [0, 1]")
@@ -198,7 +203,17 @@ class EnsembleSelector:
             return torch.zeros(self.members, len(features), dtype=torch.float64)
         return self.weights @ _with_bias(features.double()).T
 
+    def inclusion(self, pool: Pool, k: int) -> torch.Tensor | None:
+        """(M,) the probability that ``select`` shows each candidate (``proportional``; None for the other rules,
+        whose choice is not random): :func:`inclusion_probabilities` of the ensemble's mean predicted like."""
+        if self.name != "proportional":
+            return None
+        liked = ((1 + self.scores(pool.features).mean(0)) / 2).clamp(0, 1)  # a predicted reply as a like chance
+        return inclusion_probabilities(liked, k)
+
     def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
+        if self.name == "proportional":
+            return systematic_sample(self.inclusion(pool, k), generator)
         s = self.scores(pool.features)
         if self.weights is None and self.name != "diversity":  # nothing learned yet: the drawn order
             return torch.arange(k)
@@ -227,6 +242,36 @@ class EnsembleSelector:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.features, self.labels = state["features"].double(), state["labels"].double()
         self._fit()
+
+
+def inclusion_probabilities(liked: torch.Tensor, k: int, uniform: float = 0.3) -> torch.Tensor:
+    """(M,) inclusion probabilities summing to ``k``, each in [``uniform`` k / M, 1]: a mixture of probabilities
+    proportional to ``liked`` (M,) (>= 0; capped at 1, the excess passed on to the rest in proportion) and, with weight
+    ``uniform``, the same k / M for every candidate — so no candidate is shown with probability under
+    ``uniform`` k / M and a Horvitz-Thompson weight, K / (M pi), stays under 1 / ``uniform``. Equal ``liked`` (or
+    none > 0): k / M each."""
+    m = len(liked)
+    if not 0 < k <= m or not 0 < uniform <= 1:
+        raise ValueError(f"expected 0 < k <= M and uniform in (0, 1], got k={k!r}, M={m}, uniform={uniform!r}")
+    a = liked.double().clamp_min(0) + 1e-9
+    pps, capped = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.bool)
+    for _ in range(m):  # proportional to a, capped at 1 (each round caps at least one more, or is done)
+        pps = torch.where(capped, 1.0, (k - capped.sum()) * a / a[~capped].sum())
+        if not bool((pps > 1 + 1e-12).any()):
+            break
+        capped |= pps > 1
+    return (1 - uniform) * pps.clamp(max=1.0) + uniform * k / m
+
+
+def systematic_sample(inclusion: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """round(sum pi) distinct candidates, each included with exactly its probability ``inclusion`` (M,) (each <= 1):
+    systematic sampling (Madow) over a random order of the candidates (one uniform start u; candidate i is taken when
+    a point u + j falls in its stretch of the cumulative sum). Returned in the random order."""
+    order = torch.randperm(len(inclusion), generator=generator)
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), inclusion[order].double().cumsum(0)])
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    taken = torch.floor(cum[1:] - u + 1e-9) > torch.floor(cum[:-1] - u + 1e-9)  # a point u + j in (cum_i-1, cum_i]
+    return order[taken]
 
 
 def _with_bias(features: torch.Tensor) -> torch.Tensor:
@@ -336,7 +381,7 @@ def stratified_pick(score: torch.Tensor, strata: torch.Tensor, shares: torch.Ten
     return ordered[quota_pick(strata[ordered], shares, torch.zeros(len(shares)), n)]
 
 
-SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson")
+SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson", "proportional")
 
 
 def make_selector(name: str, seed: int = 0, liked_share: float = 0.7) -> Any:

@@ -236,8 +236,8 @@ def test_replay_and_several_updates_per_interaction(tiny_unet) -> None:
     q = agent.propose(torch.Generator().manual_seed(0))
     agent.learn(q, REPLIES)
     assert agent.updates == 3 and len(agent.buffer_y) == 8  # skips are not kept
-    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10)))
-    assert len(batches) == 3 and all(len(xb) == len(yb) == 14 for xb, yb in batches)  # 10 new + 4 replayed
+    batches = list(agent._batches(torch.as_tensor(q), torch.ones(10), torch.ones(10)))
+    assert len(batches) == 3 and all(len(xb) == len(yb) == len(wb) == 14 for xb, yb, wb in batches)  # 10 new + 4
     other = _agent(tiny_unet, updates_per_interaction=3, replay=4)
     other.load_state_dict(agent.state_dict())
     assert torch.equal(other.buffer_x, agent.buffer_x) and torch.equal(other.buffer_y, agent.buffer_y)
