@@ -16,6 +16,7 @@ from papa_env.agents.selection import (
     EnsembleSelector,
     Pool,
     RandomSelector,
+    inclusion_probabilities,
     k_center,
     kmeans,
     make_selector,
@@ -23,6 +24,7 @@ from papa_env.agents.selection import (
     rejection_draw,
     spread_from,
     stratified_pick,
+    systematic_sample,
 )
 from papa_env.env import PreferenceEnv
 from papa_env.session import run_session
@@ -96,6 +98,68 @@ def test_quota_pick_follows_the_shares_over_the_strata() -> None:
     assert (counts - 20 * shares).abs().max() <= 1
 
 
+def test_inclusion_probabilities_follow_the_likes_within_a_floor_and_a_cap() -> None:
+    liked = torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+    pi = inclusion_probabilities(liked, 3, uniform=0.4)
+    assert float(pi.sum()) == pytest.approx(3.0) and float(pi.max()) <= 1 + 1e-12
+    assert float(pi.min()) == pytest.approx(0.4 * 3 / 8)  # the floor: the uniform part alone
+    # proportional part: 3 x (1, 1, 0.5) / 2.5 = (1.2, 1.2, 0.6) -> the two likes capped at 1, the third gets the rest
+    assert pi[:3].tolist() == pytest.approx([0.6 * 1 + 0.15, 0.6 * 1 + 0.15, 0.6 * 1 + 0.15])
+    assert inclusion_probabilities(torch.zeros(6), 2).tolist() == pytest.approx([2 / 6] * 6)  # nothing known: K / M
+    with pytest.raises(ValueError, match="0 < k <= M"):
+        inclusion_probabilities(torch.ones(3), 4)
+
+
+def test_systematic_sampling_shows_k_distinct_candidates_each_as_often_as_its_probability() -> None:
+    pi = inclusion_probabilities(torch.tensor([0.9, 0.8, 0.1, 0.1, 0.0, 0.0, 0.3, 0.6, 0.0, 0.2]), 4)
+    g, counts = torch.Generator().manual_seed(0), torch.zeros(10)
+    for _ in range(4000):
+        chosen = systematic_sample(pi, g)
+        assert len(chosen) == 4 and len(set(chosen.tolist())) == 4
+        counts[chosen] += 1
+    assert (counts / 4000).tolist() == pytest.approx(pi.tolist(), abs=0.03)
+
+
+def test_proportional_shows_predicted_likes_more_and_its_weights_undo_that_in_expectation() -> None:
+    """Horvitz-Thompson: the replies weighted by K / (M pi) average, over draws, to the pool's mean reply — what K
+    drawn at random would show — while the replies shown are mostly likes."""
+    sel = EnsembleSelector("proportional", members=16, ridge=0.1)
+    like, dislike = torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]])
+    sel.observe(torch.cat([like.repeat(6, 1), dislike.repeat(18, 1)]), torch.tensor([1.0] * 6 + [-1.0] * 18))
+    pool = _pool(torch.cat([like.repeat(4, 1), dislike.repeat(16, 1)]))  # 4 predicted likes, 16 dislikes
+    replies = torch.tensor([1.0] * 4 + [1.0] * 2 + [-1.0] * 14)  # the pool's mean reply: -0.4
+    pi = sel.inclusion(pool, 5)
+    assert bool((pi[:4] > 0.7).all()) and bool((pi[4:] < 0.3).all())
+    g, shown, weighted = torch.Generator().manual_seed(1), [], []
+    for _ in range(3000):
+        chosen = sel.select(pool, 5, g)
+        shown.append(float((replies[chosen] > 0).float().mean()))
+        weighted.append(float((5 / (20 * pi[chosen]) * replies[chosen]).sum() / 5))
+    assert np.mean(shown) > 0.6 > (6 / 20)  # liked among shown, against 0.3 drawn at random
+    assert np.mean(weighted) == pytest.approx(-0.4, abs=0.03)
+    assert make_selector("disagreement").inclusion(pool, 5) is None  # the other rules do not know theirs
+
+
+def test_papa_weights_each_reply_by_its_inclusion_probability(tiny_unet) -> None:
+    agent = _agent(tiny_unet, selector="proportional", reply_baseline=20, updates_per_interaction=1)
+    env = PreferenceEnv(Bright(threshold=0.0), queries_per_step=10, feedback_budget=30)
+    env.reset(seed=0)
+    g = torch.Generator().manual_seed(0)
+    q = agent.propose(g)
+    assert agent.shown_weight.tolist() == pytest.approx([1.0] * 10)  # nothing learned yet: K of M at random
+    agent.learn(q, env.step(q)[4]["replies"])
+    q = agent.propose(g)
+    w = agent.shown_weight.copy()
+    assert not np.allclose(w, 1.0) and agent.proposal_state()["weight"].tolist() == w.tolist()
+    replies = env.step(q)[4]["replies"]
+    stats = agent.learn(q, replies)
+    y = torch.cat([torch.as_tensor(r, dtype=torch.float32) for r in (agent.buffer_y[:-10].tolist(), replies)])
+    weights = torch.cat([torch.ones(10), torch.as_tensor(w)])
+    assert stats["charts/reply_baseline"] == pytest.approx(float((weights * y).sum() / weights.sum()), rel=1e-5)
+    assert agent.buffer_w[-10:].tolist() == pytest.approx(w.tolist())
+    assert agent.shown_weight is None  # used once
+
+
 def test_kmeans_finds_separated_clusters() -> None:
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[-5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
@@ -150,7 +214,7 @@ class Watched(Bright):
         return super().utility(images)
 
 
-@pytest.mark.parametrize("rule", ["disagreement", "liked", "thompson", "diversity"])
+@pytest.mark.parametrize("rule", ["disagreement", "liked", "thompson", "diversity", "proportional"])
 def test_a_session_with_a_selector_never_asks_the_user_and_resumes_its_choices_exactly(
     tiny_unet, tmp_path, rule
 ) -> None:
