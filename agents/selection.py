@@ -398,6 +398,10 @@ def selection_errors(cfg: Any) -> list[str]:
         errors.append(f"pool_size must be >= queries_per_step or None, got {cfg.pool_size!r}")
     if cfg.selector not in SELECTORS:
         errors.append(f"selector must be one of {SELECTORS}, got {cfg.selector!r}")
+    elif cfg.selector == "proportional":  # its choice is undone only by weighting the replies: PAPA does, these don't
+        others = tuple(r for r in SELECTORS if r != "proportional")
+        errors.append(f"selector 'proportional' is PAPA's (it weights each reply by its query's inclusion "
+                      f"probability); for {type(cfg).__name__} choose one of {others}")  # fmt: skip
     if cfg.selector_features not in FEATURES:
         errors.append(f"selector_features must be one of {FEATURES}, got {cfg.selector_features!r}")
     if not 0 <= getattr(cfg, "liked_share", 0.7) <= 1:

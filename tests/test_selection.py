@@ -372,6 +372,7 @@ def test_baseline_selection_settings_are_checked_when_made() -> None:
         ({"pool_size": 3}, "pool_size"),
         ({"selector_features": "judge"}, "selector_features"),
         ({"liked_share": 2.0}, "liked_share"),
+        ({"selector": "proportional"}, "is PAPA's"),  # its choice is undone only by weighting the replies
     ]
     for bad, match in bad_settings:
         for cls in (DDPOConfig, RewardModelConfig):
