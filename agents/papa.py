@@ -331,7 +331,7 @@ class PAPA:
             pool = Pool(*(v[torch.cat([keep_tuned, keep])] for v in pool))
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
-        inclusion = getattr(self.selector, "inclusion", lambda *_: None)(pool, c.queries_per_step)
+        inclusion = self.selector.inclusion(pool, c.queries_per_step)
         if inclusion is not None:  # Horvitz-Thompson: K / (M pi), 1 for K drawn at random from M
             self.shown_weight = (c.queries_per_step / (len(pool.images) * inclusion[chosen])).float().numpy()
         return pool.images[chosen].numpy()
@@ -348,8 +348,8 @@ class PAPA:
         c = self.cfg
         if not c.fewer_base_queries or c.paired_replies or not len(self.tuned_y):
             return c.base_queries
-        w = self.tuned_w if len(self.tuned_w) == len(self.tuned_y) else torch.ones(len(self.tuned_y))
-        like_rate = float((w * (self.tuned_y > 0)).sum() / w.sum())  # the last reply_baseline (learn keeps no more)
+        # the (weighted) like-rate of the last reply_baseline replies to its own queries (learn keeps no more)
+        like_rate = float((self.tuned_w * (self.tuned_y > 0)).sum() / self.tuned_w.sum())
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
@@ -439,8 +439,6 @@ class PAPA:
         src = src.to(self.device)
         weighted = self.shown_weight is not None and len(self.shown_weight) == len(y)
         w = torch.as_tensor(self.shown_weight, dtype=torch.float32) if weighted else torch.ones(len(y))
-        if len(self.buffer_w) != len(self.buffer_y):  # a checkpoint from before the weights: all 1
-            self.buffer_w = torch.ones(len(self.buffer_y))
         stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
         # the reply baseline b: the (weighted) mean of the last `reply_baseline` signed replies, this interaction's in
         window = -(self.cfg.reply_baseline or 1)
@@ -483,8 +481,6 @@ class PAPA:
         if self.cfg.fewer_base_queries and known:
             tuned = torch.as_tensor(self.shown_source) == 0
             yt, wt = y.cpu()[tuned], w[tuned]
-            if len(self.tuned_w) != len(self.tuned_y):
-                self.tuned_w = torch.ones(len(self.tuned_y))
             self.tuned_y = torch.cat([self.tuned_y, yt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
             self.tuned_w = torch.cat([self.tuned_w, wt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
         self.shown_source, self.shown_weight = None, None

@@ -122,6 +122,10 @@ class Selector(Protocol):
     def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
         """(k,) indices into the pool: the candidates shown to the user, in the order shown."""
 
+    def inclusion(self, pool: Pool, k: int) -> torch.Tensor | None:
+        """(M,) each candidate's probability of being shown by ``select``, where the rule draws at random with known
+        probabilities (the agent can then weight the replies back); None otherwise."""
+
     def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
         """The replies (B,) in {+1, -1, 0} to shown candidates with ``features`` (B, D)."""
 
@@ -137,6 +141,9 @@ class RandomSelector:
 
     def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
         return torch.arange(k)
+
+    def inclusion(self, pool: Pool, k: int) -> None:
+        return None  # a fixed choice: nothing to weight back
 
     def observe(self, features: torch.Tensor, replies: torch.Tensor) -> None:
         pass

@@ -115,6 +115,8 @@ def collapse_report(
     (the liked one taking every sample is the goal). ``reference``: the base's class shares measured on a larger
     sample (:func:`base_class_shares`) instead of records[0]'s (see :func:`relative_balance`).
     """
+    if samples is not None and samples < 1:
+        raise ValueError(f"samples (images per evaluation) must be >= 1 or None, got {samples!r}")
     problems = []
     key = "eval/like_rate_judge" if records and "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     shares = liked is not None and bool(records) and f"eval/class_share/{liked[0]}" in records[0]

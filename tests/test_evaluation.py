@@ -35,6 +35,8 @@ def test_a_like_rate_fall_is_read_against_the_noise_of_the_evaluations_sample_si
     from_one = [_rec(0, 0.2, 0.1), _rec(50, 1.0, 0.3), _rec(100, 0.88, 0.3)]  # 3.7 standard errors
     assert collapse_report(from_one, samples=100) == ["100 replies: eval/like_rate_judge fell to 0.880 from 1.000"]
     assert collapse_report(from_one, samples=100, tolerance=0.15) == []  # and the tolerance still applies
+    with pytest.raises(ValueError, match="samples"):
+        collapse_report(from_one, samples=0)
 
 
 def test_flat_sessions_read_a_fall_rarely_and_real_falls_are_seen() -> None:
