@@ -45,6 +45,7 @@ def test_loss_matches_a_hand_computed_value() -> None:
 
 
 def test_chunked_backward_gives_the_same_gradient() -> None:
+    torch.manual_seed(0)  # unseeded draws once put the two terms' gradients in near-cancellation (a 1e-5 flake)
     cfg = PAPAConfig(timesteps_per_image=5)
     x0, noise = torch.rand(2, 1, 28, 28) * 2 - 1, torch.randn(2, 1, 28, 28)
     ts = torch.randint(0, 1000, (2, 5))
