@@ -120,6 +120,10 @@ class PAPAConfig:
     """with generate_strata: each stratum's like-rate among the base model's queries is shrunk toward their overall
     like-rate by this many pseudo-replies (a beta prior), and its share is its queries' count times that rate: the
     base's own mix while a stratum has few replies, the likes' once it has many (0: the likes' counts alone)"""
+    filter_queries: bool = False
+    """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
+    generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
+    what they like; the base model's queries stay as drawn. What is learned from is then the filter's choice"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -159,6 +163,9 @@ class PAPAConfig:
              ("generate_strata",)),
             (lambda v: v == 0 or v > 0 and self.generate_strata > 1, "0, or > 0 with generate_strata > 1",
              ("generate_strata_prior",)),
+            (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
+             and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
+             "or tuned_candidates", ("filter_queries",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -314,8 +321,14 @@ class PAPA:
         c, m = self.cfg, self.cfg.pool_size or self.cfg.queries_per_step
         n_base = self.base_count()
         n_tuned, drawn_tuned, drawn = m - n_base, (m - n_base) * c.tuned_candidates, n_base * c.base_candidates
-        pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
-                         **self.sampling)  # fmt: skip
+        if c.filter_queries and n_tuned and len(self.buffer_y):  # the tuned queries through the reward filter
+            tuned = self.generate(n_tuned, generator, continue_quota=True)
+            base = sample(self.base, drawn, generator=generator, **self.sampling) if drawn else tuned[:0]
+            source = torch.cat([torch.zeros(n_tuned, dtype=torch.long), torch.ones(drawn, dtype=torch.long)])
+            pool = Pool(torch.cat([tuned, base]), source, torch.zeros(n_tuned + drawn, 0))
+        else:
+            pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
+                             **self.sampling)  # fmt: skip
         keep_tuned = torch.arange(drawn_tuned)
         if drawn_tuned > n_tuned:  # keep n_tuned: spread over the tuned model's candidates
             keep_tuned = k_center(self.base_features(pool.images[keep_tuned]), n_tuned)
@@ -353,7 +366,7 @@ class PAPA:
         return max(1, round(c.base_queries * min(1.0, 2 * (1 - like_rate))))
 
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
-        needed = self.cfg.fewer_base_queries or self.cfg.base_candidates > 1
+        needed = self.cfg.fewer_base_queries or self.cfg.base_candidates > 1 or self.cfg.filter_queries
         state = {"source": self.shown_source} if needed and self.shown_source is not None else {}
         return state | ({"weight": self.shown_weight} if self.shown_weight is not None else {})
 
@@ -361,9 +374,11 @@ class PAPA:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
         self.shown_weight = np.asarray(state["weight"]) if "weight" in state else None
 
-    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator, continue_quota: bool = False) -> torch.Tensor:
         """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`
-        (image by image, or over ``generate_strata`` strata once a reply is a like)."""
+        (image by image, or over ``generate_strata`` strata once a reply is a like; ``continue_quota``: the strata
+        quota counts the tuned model's queries replied to so far, so a few queries at a time follow it over a
+        session)."""
 
         def draw(count: int) -> torch.Tensor:
             return sample(self.policy, count, generator=generator, **self.sampling)
@@ -378,7 +393,10 @@ class PAPA:
         score = reward.scores(features).mean(0)
         centroids, shares = self.strata_of_likes()
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
-        return images[stratified_pick(score, strata, shares, n)]
+        counts = torch.zeros(len(shares))
+        if continue_quota and len(self.buffer_src) == len(self.buffer_y):
+            counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() == 0], centroids)
+        return images[stratified_pick(score, strata, shares, n, counts)]
 
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every

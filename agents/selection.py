@@ -376,16 +376,19 @@ def rejection_draw(draw: Any, score: Any, n: int, candidates: int) -> torch.Tens
     return images
 
 
-def stratified_pick(score: torch.Tensor, strata: torch.Tensor, shares: torch.Tensor, n: int) -> torch.Tensor:
+def stratified_pick(score: torch.Tensor, strata: torch.Tensor, shares: torch.Tensor, n: int,
+                    counts: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``n`` of the candidates (their ``score`` (M,) and strata (M,)) in the proportions ``shares`` (S,) over the
     strata: only those predicted liked (score > 0; fewer than n: the best scored of the rest as well), each stratum's
-    best scored first, by :func:`quota_pick` (a stratum out of candidates gives its place to the next owed)."""
+    best scored first, by :func:`quota_pick` (a stratum out of candidates gives its place to the next owed; ``counts``
+    (S,): how many were picked from each before, default none)."""
     liked = (score > 0).nonzero().flatten()
     if len(liked) < n:
         rest = (score <= 0).nonzero().flatten()
         liked = torch.cat([liked, rest[score[rest].argsort(descending=True, stable=True)][: n - len(liked)]])
     ordered = liked[score[liked].argsort(descending=True, stable=True)]
-    return ordered[quota_pick(strata[ordered], shares, torch.zeros(len(shares)), n)]
+    counts = torch.zeros(len(shares)) if counts is None else counts
+    return ordered[quota_pick(strata[ordered], shares, counts, n)]
 
 
 SELECTORS = ("random", "disagreement", "entropy", "diversity", "liked", "thompson", "proportional")
