@@ -26,6 +26,7 @@ from papa_env.agents.selection import (
     stratified_pick,
     systematic_sample,
 )
+from papa_env.diffusion import sample
 from papa_env.env import PreferenceEnv
 from papa_env.session import run_session
 
@@ -521,3 +522,72 @@ def test_strata_prior_shrinks_each_stratum_toward_the_overall_like_rate(tiny_une
     mix, liked_mix = n / n.sum(), likes / likes.sum()
     assert bool((shares - mix).abs().le((liked_mix - mix).abs() + 1e-9).all())  # each between the two mixes
     assert bool((shares - liked_mix).abs().le((liked_mix - mix).abs() + 1e-9).all())
+
+
+def test_stratified_pick_continues_a_quota_over_earlier_picks() -> None:
+    """``counts``: a few picks at a time follow the shares over a session, not the largest share every time."""
+    strata, score, shares = torch.tensor([0, 0, 1, 1, 2, 2]), torch.ones(6), torch.tensor([0.5, 0.3, 0.2])
+    assert strata[stratified_pick(score, strata, shares, 1)].tolist() == [0]  # alone: always the largest share
+    counts, picked = torch.zeros(3), []
+    for _ in range(10):
+        s = int(strata[stratified_pick(score, strata, shares, 1, counts)])
+        counts[s] += 1
+        picked.append(s)
+    assert counts.tolist() == [5.0, 3.0, 2.0] and picked[:3] == [0, 1, 2]
+
+
+def test_filter_queries_shows_the_filters_picks_of_the_tuned_model_and_resumes_the_same(tiny_unet, monkeypatch) -> None:
+    """With ``filter_queries`` the tuned model's queries are ``generate``'s reward-filtered picks, the base model's stay
+    as drawn (after them, from the same stream); a restored agent proposes the same."""
+    common = {"lr": 1e-7, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}  # barely moves
+    cfg = PAPAConfig(**common, generate_candidates=4, filter_queries=True)
+    plain, agent = PAPA(tiny_unet, PAPAConfig(**common)), PAPA(tiny_unet, cfg)
+    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)  # likes the brighter half
+    first = agent.propose(torch.Generator().manual_seed(0))  # no reply yet: nothing to filter by
+    assert np.array_equal(first, plain.propose(torch.Generator().manual_seed(0)))
+    agent.learn(first, user.reply(torch.as_tensor(first), rng))
+    monkeypatch.setattr(agent, "predicted_reply", lambda x: (x.mean((1, 2, 3)) - level).double())
+    bright_tuned, bright_base = [], []
+    for step in range(1, 5):
+        queries = torch.as_tensor(agent.propose(torch.Generator().manual_seed(step)))
+        assert agent.shown_source.tolist() == [0] * 5 + [1] * 5
+        g = torch.Generator().manual_seed(step)
+        assert torch.equal(queries[:5], agent.generate(5, g, continue_quota=True))  # the filter's picks, first
+        assert torch.equal(queries[5:], sample(agent.base, 5, generator=g, **agent.sampling))  # then the base's
+        bright_tuned += (queries[:5].mean((1, 2, 3)) > level).tolist()
+        bright_base += (queries[5:].mean((1, 2, 3)) > level).tolist()
+        agent.learn(queries.numpy(), user.reply(queries, rng))
+    assert np.mean(bright_tuned) >= 0.8 > np.mean(bright_base)  # shown: the predicted likes of up to 4 draws each
+    restored = PAPA(tiny_unet, cfg)
+    restored.load_state_dict(agent.state_dict())
+    monkeypatch.setattr(restored, "predicted_reply", agent.predicted_reply)
+    assert np.array_equal(
+        restored.propose(torch.Generator().manual_seed(7)), agent.propose(torch.Generator().manual_seed(7))
+    )
+
+
+def test_filtered_queries_continue_the_strata_quota_over_the_tuned_queries_replied_to(tiny_unet, monkeypatch) -> None:
+    """With ``generate_strata`` the quota a few tuned queries are picked by starts from the strata counts of every
+    tuned query replied to so far (the evaluation's samples start from none)."""
+    import papa_env.agents.papa as papa_module
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
+    cfg = PAPAConfig(**common, generate_candidates=3, generate_strata=3, filter_queries=True)
+    agent = PAPA(tiny_unet, cfg)
+    level = float(agent.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    seen: list[torch.Tensor] = []
+    real = papa_module.stratified_pick
+    monkeypatch.setattr(papa_module, "stratified_pick", lambda *a: seen.append(a[4]) or real(*a))
+    for step in range(4):
+        queries = agent.propose(torch.Generator().manual_seed(step))
+        agent.learn(queries, user.reply(torch.as_tensor(queries), rng))
+    assert bool((agent.buffer_y > 0).any()) and len(seen) >= 2  # once a like is seen, through the strata
+    centroids, _ = agent.strata_of_likes()
+    tuned = agent.reward_fit[2][agent.buffer_src == 0]
+    expected = torch.bincount(torch.cdist(tuned.double(), centroids.double()).argmin(1), minlength=3).double()
+    agent.propose(torch.Generator().manual_seed(9))
+    assert torch.equal(seen[-1].double(), expected) and float(expected.sum()) == 20
+    agent.generate(10, torch.Generator().manual_seed(9))  # an evaluation's samples: a quota of their own
+    assert float(seen[-1].sum()) == 0
