@@ -120,6 +120,11 @@ class PAPAConfig:
     """with generate_strata: each stratum's like-rate among the base model's queries is shrunk toward their overall
     like-rate by this many pseudo-replies (a beta prior), and its share is its queries' count times that rate: the
     base's own mix while a stratum has few replies, the likes' once it has many (0: the likes' counts alone)"""
+    generate_optimism: float = 0.0
+    """with generate_candidates > 1: the filter scores a candidate by the ensemble's mean predicted reply plus this
+    many standard deviations over its members, so a kind the replies have not yet shown disliked (the members
+    disagree) passes the gate: an early filter, fitted on a few likes, does not thin the liked kinds it has not yet
+    seen liked (0: the mean)"""
     filter_queries: bool = False
     """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
     generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
@@ -163,6 +168,8 @@ class PAPAConfig:
              ("generate_strata",)),
             (lambda v: v == 0 or v > 0 and self.generate_strata > 1, "0, or > 0 with generate_strata > 1",
              ("generate_strata_prior",)),
+            (lambda v: v == 0 or v > 0 and self.generate_candidates > 1, "0, or > 0 with generate_candidates > 1",
+             ("generate_optimism",)),
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
              and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
              "or tuned_candidates", ("filter_queries",)),
@@ -390,7 +397,7 @@ class PAPA:
         images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
         reward = self.reward_model()
         features = torch.cat([self.reward_features(x) for x in images.split(250)])
-        score = reward.scores(features).mean(0)
+        score = self._filter_score(reward.scores(features))
         centroids, shares = self.strata_of_likes()
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
         counts = torch.zeros(len(shares))
@@ -425,12 +432,20 @@ class PAPA:
         return torch.bincount(strata, minlength=len(centroids)).double()
 
     def predicted_reply(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,) the reward ensemble's mean predicted reply (about +1 like, -1 dislike) to ``images``: ridge regressions
+        """(B,) the filter's score of ``images``: the reward ensemble's mean predicted reply (about +1 like, -1
+        dislike; plus ``generate_optimism`` standard deviations over its members), its members ridge regressions
         of every reply so far (``buffer_y``) on the base UNet's features, refitted when replies came in since (a
         deterministic fit: a resumed agent predicts the same)."""
         if not len(self.buffer_y):
             return torch.zeros(len(images), dtype=torch.float64)
-        return self.reward_model().scores(self.reward_features(images)).mean(0)
+        return self._filter_score(self.reward_model().scores(self.reward_features(images)))
+
+    def _filter_score(self, scores: torch.Tensor) -> torch.Tensor:
+        """(M,) the filter's score of each candidate from its members' predicted replies (members, M): their mean,
+        plus ``generate_optimism`` standard deviations."""
+        if not self.cfg.generate_optimism:
+            return scores.mean(0)
+        return scores.mean(0) + self.cfg.generate_optimism * scores.std(0)
 
     def reward_model(self) -> Any:
         """The ridge ensemble of :meth:`predicted_reply`, fitted on every reply so far (refitted when replies came in

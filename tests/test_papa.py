@@ -193,6 +193,8 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"generate_strata": 1, "generate_candidates": 4},
         {"generate_strata_prior": 5.0},  # needs generate_strata
         {"generate_strata_prior": -1.0, "generate_strata": 4, "generate_candidates": 4},
+        {"generate_optimism": 1.0},  # needs generate_candidates > 1
+        {"generate_optimism": -0.5, "generate_candidates": 4},
         {"filter_queries": True},  # needs generate_candidates > 1
         {"filter_queries": True, "generate_candidates": 4, "pool_size": 20},  # a selector's pool: one choice at a time
         {"filter_queries": True, "generate_candidates": 4, "tuned_candidates": 3},

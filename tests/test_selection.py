@@ -524,6 +524,43 @@ def test_strata_prior_shrinks_each_stratum_toward_the_overall_like_rate(tiny_une
     assert bool((shares - liked_mix).abs().le((liked_mix - mix).abs() + 1e-9).all())
 
 
+def test_generate_optimism_lets_through_what_the_reward_ensemble_is_unsure_of(tiny_unet, monkeypatch) -> None:
+    """``generate_optimism`` c: the filter's score is the members' mean predicted reply plus c standard deviations,
+    so an image the mean predicts disliked but the members dispute passes the gate, one they agree on does not (the
+    rejection draw and the strata pick both read this score); what is asked and learned is unchanged."""
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "generate_candidates": 4}
+    mean_gate, hopeful = (
+        PAPA(tiny_unet, PAPAConfig(**common)),
+        PAPA(tiny_unet, PAPAConfig(**common, generate_optimism=1.0)),
+    )
+    user, rng = Bright(threshold=0.0), np.random.default_rng(0)
+    for step in range(2):
+        queries = mean_gate.propose(torch.Generator().manual_seed(step))
+        assert np.array_equal(queries, hopeful.propose(torch.Generator().manual_seed(step)))
+        replies = user.reply(torch.as_tensor(queries), rng)
+        mean_gate.learn(queries, replies)
+        hopeful.learn(queries, replies)
+    assert all(torch.equal(a, b) for a, b in zip(mean_gate.unet.parameters(), hopeful.unet.parameters()))
+
+    class Members:  # three members' predicted replies to three images: agreed (mild dislike), disputed, agreed like
+        def scores(self, features: torch.Tensor) -> torch.Tensor:
+            table = torch.tensor([[-0.1, -0.2, 0.5], [-0.1, -0.9, 0.5], [-0.1, 0.5, 0.5]], dtype=torch.float64)
+            return table[:, features[:, 0].long()]
+
+    images = torch.stack([torch.full((1, 28, 28), float(i)) for i in range(3)])  # image i -> feature i
+    for agent in (mean_gate, hopeful):
+        monkeypatch.setattr(agent, "reward_model", lambda: Members())
+        monkeypatch.setattr(agent, "reward_features", lambda x: x.mean((1, 2, 3))[:, None])
+    table = Members().scores(torch.arange(3.0)[:, None])
+    assert torch.allclose(mean_gate.predicted_reply(images), table.mean(0))
+    assert torch.allclose(hopeful.predicted_reply(images), table.mean(0) + table.std(0))
+    assert (mean_gate.predicted_reply(images) > 0).tolist() == [False, False, True]
+    assert (hopeful.predicted_reply(images) > 0).tolist() == [False, True, True]  # the disputed one passes
+    strata, shares = torch.tensor([0, 1, 1]), torch.tensor([0.5, 0.5])  # two kept of the three
+    assert sorted(stratified_pick(mean_gate.predicted_reply(images), strata, shares, 2).tolist()) == [0, 2]
+    assert sorted(stratified_pick(hopeful.predicted_reply(images), strata, shares, 2).tolist()) == [1, 2]
+
+
 def test_stratified_pick_continues_a_quota_over_earlier_picks() -> None:
     """``counts``: a few picks at a time follow the shares over a session, not the largest share every time."""
     strata, score, shares = torch.tensor([0, 0, 1, 1, 2, 2]), torch.ones(6), torch.tensor([0.5, 0.3, 0.2])
