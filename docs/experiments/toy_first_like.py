@@ -6,6 +6,7 @@ measured without training: draw pools of the tiny UNet's samples (frozen: no upd
 choose K of M, and count the rounds until a shown image is liked (brighter than the ``--quantile`` of 2,000 samples).
 
     python docs/experiments/toy_first_like.py               # brightest 5%, K = 2 of M = 20, 10 rounds, 2,000 trials
+    python docs/experiments/toy_first_like.py --taste pc1   # the top 5% along the features' first principal component
 
 Rules: ``random`` (the first K drawn), ``k-center`` (``diversity``: greedy k-center of the pool) and ``k-center over
 the session`` (continued from every image shown before: ``selection.spread_from``), all in the fixed random network's
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     ap.add_argument("--pool", type=int, default=20, help="M, candidates per round")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--trials", type=int, default=2000)
+    ap.add_argument("--taste", choices=("brightness", "pc1"), default="brightness",
+                    help="what the user likes the top --quantile of: mean brightness, or the projection on the random "
+                    "features' first principal component (a taste the features spread most)")  # fmt: skip
     a = ap.parse_args(argv)
     if not 0 < a.quantile < 1 or a.queries < 1 or a.pool < a.queries or a.rounds < 1 or a.trials < 1:
         ap.error("expected 0 < --quantile < 1, 1 <= --queries <= --pool, --rounds >= 1 and --trials >= 1")
@@ -43,10 +47,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     agent = PAPA(make_unet(**TINY_UNET).eval(), PAPAConfig(num_sampling_steps=8))
     images = agent.generate(2000, torch.Generator().manual_seed(1))
     brightness = images.mean((1, 2, 3))
-    liked = brightness > brightness.quantile(a.quantile)
     features = RandomFeatures(0)(images)
     centred = features.double() - features.double().mean(0)
     _, s, v = torch.pca_lowrank(centred, q=10)
+    taste = brightness if a.taste == "brightness" else (centred @ v[:, 0]).float()
+    liked = taste > taste.quantile(a.quantile)
     print("| principal component | share of the features' variance | correlation with the taste (brightness) |")
     print("|---|---|---|")
     for i in range(5):
