@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the next round while the agent learns (its images one update behind)")  # fmt: skip
     v.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
                    help="the agent's samples (the page's 'now' grid; `papa sample` of the run) pass its reward filter: "
-                   "generate_candidates=4, generate_strata=10 unless either is given (what is asked is the preset's "
+                   "generate_candidates=4, generate_strata=10, generate_strata_prior=2, generate_optimism=1 unless "
+                   "either of the first two is given (the others given: over it; what is asked is the preset's "
                    "either way)")  # fmt: skip
     threads(v)
     device(v)

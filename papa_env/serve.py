@@ -32,6 +32,7 @@ import base64
 import copy
 import io
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -337,9 +338,26 @@ def run_bot(
 INDEX_HTML = (Path(__file__).parent / "web" / "index.html").read_text()
 """The page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere."""
 # what a person gets from the agent (the "now" grid, `papa sample` of the run) passes its reward filter unless
-# --no-filter: on the suite's tuning half like@100 0.713 -> 0.907 (docs/experiments/suite-defaults.md, "The reward
-# filter in the base's proportions of the likes"); the queries, what the person is asked, are the preset's
-SERVE_FILTER = {"generate_candidates": 4, "generate_strata": 10}
+# --no-filter, its gate optimistic (what the replies have not yet shown disliked passes): on the suite's tuning half
+# like@100 0.713 -> 0.873, balance 0.585 -> 0.618, flagged sessions 13 -> 14 (the gate alone: 17;
+# docs/experiments/suite-defaults.md, "an optimistic gate"); the queries, what the person is asked, are the preset's
+SERVE_FILTER = {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0, "generate_optimism": 1.0}
+SHAPE = ("generate_candidates", "generate_strata")  # either given: the flags alone decide the filter
+
+
+def started_filter(out: str | os.PathLike) -> dict[str, Any]:
+    """The filter ``papa serve`` gives a folder: :data:`SERVE_FILTER`, or for one a person has replied in, the filter it
+    was started with (a field its config.json lacks, written before the field existed: the field's default), so the
+    same command resumes a session started by an earlier version."""
+    from papa_env.agents.papa import PAPAConfig
+    from papa_env.runfolder import CONFIG, RunFolder
+
+    folder = Path(out)
+    if not (folder / CONFIG).is_file() or not RunFolder(folder).replied():
+        return dict(SERVE_FILTER)
+    saved = json.loads((folder / CONFIG).read_text()).get("agent_config") or {}
+    fields = PAPAConfig.__dataclass_fields__
+    return {k: saved.get(k, fields[k].default) for k in SERVE_FILTER}
 
 
 def main(ns: Any) -> dict[str, Any] | None:
@@ -354,8 +372,8 @@ def main(ns: Any) -> dict[str, Any] | None:
     dataset = model_metadata(path).get("dataset", "mnist")
     from papa_env.cli import resolve_device
 
-    filtered = ns.filter and not set(SERVE_FILTER) & set(vars(ns))  # either field given: the flags decide
-    start = replace(PRESETS[ns.preset], **SERVE_FILTER) if filtered else PRESETS[ns.preset]
+    filtered = ns.filter and not set(SHAPE) & set(vars(ns))  # the gate's fields given: over the filter
+    start = replace(PRESETS[ns.preset], **started_filter(ns.out)) if filtered else PRESETS[ns.preset]
     config = parse_into(PAPAConfig, ns, start)  # with the fields given as flags over it
     agent = PAPA(load_unet(ns.model).to(resolve_device(ns.device)), config)
     bot, state = None, None
@@ -369,7 +387,7 @@ def main(ns: Any) -> dict[str, Any] | None:
     url = f"http://{ns.host}:{server.server_address[1]}"
     preset = agent.name if ns.preset == agent.name else f"{agent.name} ({ns.preset})"
     given = [f for f in vars(ns) if f in PAPAConfig.__dataclass_fields__ and f != "seed"]
-    changed = [f"{f}={getattr(config, f)!r}" for f in ([*SERVE_FILTER, *given] if filtered else given)]
+    changed = [f"{f}={getattr(config, f)!r}" for f in dict.fromkeys([*SERVE_FILTER, *given] if filtered else given)]
     preset += f" with {', '.join(changed)}" if changed else ""
     print(f"papa serve: {preset} on {ns.model}, {ns.budget} replies, run folder {ns.out}")
     print(f"open {url} in a browser (Ctrl-C stops; the same command resumes)", flush=True)

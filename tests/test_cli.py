@@ -107,16 +107,18 @@ def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_u
     assert len((folder / "replies.jsonl").read_text().splitlines()) == 1
 
 
+FILTER = {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0, "generate_optimism": 1.0}
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ([], {"generate_candidates": 4, "generate_strata": 10}),  # a person's samples pass the agent's filter
+        ([], FILTER),  # a person's samples pass the agent's filter, its gate optimistic
         (["--no-filter"], {}),
-        (["--generate-candidates", "3"], {"generate_candidates": 3}),  # given: the flags alone
-        (  # a filter field the default leaves alone: on top of the filter
-            ["--generate-strata-prior", "2"],
-            {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0},
-        ),
+        (["--generate-candidates", "3"], {"generate_candidates": 3}),  # the filter's shape given: the flags alone
+        (["--generate-strata", "0"], {"generate_strata": 0}),
+        (["--generate-optimism", "0"], {**FILTER, "generate_optimism": 0.0}),  # the gate's fields: over the filter
+        (["--generate-strata-prior", "5"], {**FILTER, "generate_strata_prior": 5.0}),
     ],
 )
 def test_serve_filters_the_agents_samples_unless_told_not_to(tmp_path, tiny_unet, capsys, flags, expected) -> None:
@@ -130,6 +132,27 @@ def test_serve_filters_the_agents_samples_unless_told_not_to(tmp_path, tiny_unet
     saved = json.loads((folder / "config.json").read_text())["agent_config"]
     preset = dataclasses.asdict(PRESETS["epapa"])
     assert saved == json.loads(json.dumps({**preset, "num_sampling_steps": 2, **expected}))
+
+
+def test_serve_resumes_a_folder_with_the_filter_it_was_started_with(tmp_path, tiny_unet, capsys) -> None:
+    """A session started before the gate was part of the default (its config.json without the field) resumes with
+    the same command: the folder's filter, not today's default, which the resume check would refuse."""
+    weights = tmp_path / "tiny.safetensors"
+    save_model(tiny_unet, weights)
+    folder = tmp_path / "run"
+    argv = f"serve --model {weights} --out {folder} --port 0 --budget 20 --bot classifier --preference [1]".split()
+    assert main([*argv, "--num-sampling-steps", "2"]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    del config["agent_config"]["generate_optimism"]  # as an earlier version wrote it
+    config["agent_config"]["generate_strata_prior"] = 0.0
+    (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main([*argv, "--num-sampling-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "generate_strata_prior=0.0, generate_optimism=0.0" in out and "bot done: done after 20 replies" in out
+    fresh = tmp_path / "fresh"  # a new folder gets today's
+    assert main([*argv[:4], str(fresh), *argv[5:], "--num-sampling-steps", "2", "--budget", "10"]) == 0
+    assert "generate_strata_prior=2.0, generate_optimism=1.0" in capsys.readouterr().out
 
 
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:
