@@ -25,6 +25,8 @@ from papa_env.metrics import judge
 from papa_env.models import load_pretrained
 from papa_env.suite import make_suite
 
+UNFILTERED = {"generate_candidates": 1, "generate_strata": 0, "generate_strata_prior": 0.0, "generate_optimism": 0.0}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,10 +51,9 @@ def main() -> None:
             how = "through the filter" if filtered else "unfiltered"
             print(f"  {name}: judge like-rate {like:.2f} of 100 samples {how}")
         agent = _run_agent(out, "mnist-ddpm", None)
+        own = agent.cfg  # the filter the session was served with
         for filtered in (True, False, True, False):
-            agent.cfg = replace(
-                agent.cfg, generate_candidates=4 if filtered else 1, generate_strata=10 if filtered else 0
-            )
+            agent.cfg = own if filtered else replace(own, **UNFILTERED)
             start = time.perf_counter()
             agent.generate(25, torch.Generator().manual_seed(12345))  # the page's "now" grid
             print(f"  'now' grid {'filtered' if filtered else 'plain'}: {time.perf_counter() - start:.2f} s")
