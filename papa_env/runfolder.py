@@ -69,14 +69,18 @@ class RunFolder:
         after the folder was started) passes if it holds its default (``agent_defaults``). A config.json that is not
         JSON: :class:`RunCorruptedError`.
         """
+        saved = self.saved_config()
+        return [] if saved is None else _differences(saved, as_json(config), "", as_json(agent_defaults or {}))
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The folder's config.json (None: none yet); one that is not JSON: :class:`RunCorruptedError`."""
         path = self.path / CONFIG
         if not path.exists():
-            return []
+            return None
         try:
-            saved = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise RunCorruptedError(f"{path} is not readable JSON ({err})") from None
-        return _differences(saved, as_json(config), "", as_json(agent_defaults or {}))
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_atomic(self.path / CONFIG, (json.dumps(as_json(config), indent=2) + "\n").encode())

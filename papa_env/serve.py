@@ -339,7 +339,7 @@ INDEX_HTML = (Path(__file__).parent / "web" / "index.html").read_text()
 """The page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere."""
 # what a person gets from the agent (the "now" grid, `papa sample` of the run) passes its reward filter unless
 # --no-filter, its gate optimistic (what the replies have not yet shown disliked passes): on the suite's tuning half
-# like@100 0.713 -> 0.873, balance 0.585 -> 0.618, flagged sessions 13 -> 14 (the gate alone: 17;
+# like@100 0.713 -> 0.873, balance 0.585 -> 0.618, flagged sessions 13 -> 14 (without the gate: 17;
 # docs/experiments/suite-defaults.md, "an optimistic gate"); the queries, what the person is asked, are the preset's
 SERVE_FILTER = {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0, "generate_optimism": 1.0}
 SHAPE = ("generate_candidates", "generate_strata")  # either given: the flags alone decide the filter
@@ -352,10 +352,9 @@ def started_filter(out: str | os.PathLike) -> dict[str, Any]:
     from papa_env.agents.papa import PAPAConfig
     from papa_env.runfolder import CONFIG, RunFolder
 
-    folder = Path(out)
-    if not (folder / CONFIG).is_file() or not RunFolder(folder).replied():
+    if not (Path(out) / CONFIG).is_file() or not (folder := RunFolder(out)).replied():
         return dict(SERVE_FILTER)
-    saved = json.loads((folder / CONFIG).read_text()).get("agent_config") or {}
+    saved = folder.saved_config().get("agent_config") or {}  # not JSON: RunCorruptedError, nothing touched
     fields = PAPAConfig.__dataclass_fields__
     return {k: saved.get(k, fields[k].default) for k in SERVE_FILTER}
 

@@ -74,9 +74,14 @@ def test_serve_refuses_what_it_cannot_run_before_it_serves(tmp_path, tiny_unet, 
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "config.json").write_text("{not json")
+    replied = tmp_path / "replied"  # one a person has replied in: its filter is read from that config, refused
+    replied.mkdir()
+    (replied / "config.json").write_text("{not json")
+    (replied / "replies.jsonl").write_text('{"step": 0}\n')
     serve = ["serve", "--model", str(weights), "--out", str(folder), "--port", "0", "--budget", "10"]
     for argv, match in [
         (serve, "is not readable JSON"),
+        ([*serve[:4], str(replied), *serve[5:]], "is not readable JSON"),
         (
             [*serve[:4], str(tmp_path / "new"), *serve[5:], "--bot", "classifier", "--preference", "[1, 4"],
             "--preference must be JSON",
@@ -91,6 +96,7 @@ def test_serve_refuses_what_it_cannot_run_before_it_serves(tmp_path, tiny_unet, 
         err = capsys.readouterr()
         assert match in err.err and len(err.err.strip().splitlines()) == 1, err
         assert "open http" not in err.out  # refused before the server printed its address
+    assert (replied / "replies.jsonl").read_text() == '{"step": 0}\n'  # nothing of the person's touched
 
 
 def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_unet, capsys) -> None:
