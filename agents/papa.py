@@ -125,11 +125,6 @@ class PAPAConfig:
     many standard deviations over its members, so a kind the replies have not yet shown disliked (the members
     disagree) passes the gate: an early filter, fitted on a few likes, does not thin the liked kinds it has not yet
     seen liked (0: the mean)"""
-    generate_base_candidates: int = 0
-    """with generate_strata: ``generate`` also draws this many x n images from the frozen base model, and a stratum
-    whose quota the tuned model's predicted likes cannot fill takes the base's predicted likes there (by the
-    ensemble's mean: no optimism for them): the liked kinds the tuning crowded out come back from the model that
-    still draws them (0: off)"""
     filter_queries: bool = False
     """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
     generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
@@ -175,8 +170,6 @@ class PAPAConfig:
              ("generate_strata_prior",)),
             (lambda v: v == 0 or v > 0 and self.generate_candidates > 1, "0, or > 0 with generate_candidates > 1",
              ("generate_optimism",)),
-            (lambda v: v == 0 or v > 0 and self.generate_strata > 1 and not self.filter_queries, "0, or > 0 with "
-             "generate_strata > 1 and filter_queries False", ("generate_base_candidates",)),
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
              and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
              "or tuned_candidates", ("filter_queries",)),
@@ -402,22 +395,15 @@ class PAPA:
         if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
             return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
         images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
-        tuned = len(images)
-        if self.cfg.generate_base_candidates:
-            extra = sample(self.base, self.cfg.generate_base_candidates * n, generator=generator, **self.sampling)
-            images = torch.cat([images, extra])
         reward = self.reward_model()
         features = torch.cat([self.reward_features(x) for x in images.split(250)])
-        members = reward.scores(features)
-        score = self._filter_score(members)
-        backup = torch.arange(len(images)) >= tuned  # the base's candidates, by the ensemble's mean
-        score[backup] = members[:, backup].mean(0).to(score.dtype)
+        score = self._filter_score(reward.scores(features))
         centroids, shares = self.strata_of_likes()
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
         counts = torch.zeros(len(shares))
         if continue_quota and len(self.buffer_src) == len(self.buffer_y):
             counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() == 0], centroids)
-        return images[stratified_pick(score, strata, shares, n, counts, backup)]
+        return images[stratified_pick(score, strata, shares, n, counts)]
 
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
