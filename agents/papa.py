@@ -125,6 +125,15 @@ class PAPAConfig:
     many standard deviations over its members, so a kind the replies have not yet shown disliked (the members
     disagree) passes the gate: an early filter, fitted on a few likes, does not thin the liked kinds it has not yet
     seen liked (0: the mean)"""
+    generate_base_candidates: int = 0
+    """with generate_strata: ``generate`` also draws this many x n images from the frozen base model, and a stratum
+    whose quota the tuned model's predicted likes cannot fill takes the base's predicted likes there (by the
+    ensemble's mean: no optimism for them): the liked kinds the tuning crowded out come back from the model that
+    still draws them (0: off)"""
+    generate_strata_mass: bool = False
+    """with generate_base_candidates: a stratum's share is the base model's mass in it (its share of that call's
+    base-model candidates) times its like-rate among the replied base queries (shrunk by generate_strata_prior), not
+    its replied count times that rate: the base's proportions from free draws, not from the few queries replied to"""
     filter_queries: bool = False
     """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
     generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
@@ -170,6 +179,10 @@ class PAPAConfig:
              ("generate_strata_prior",)),
             (lambda v: v == 0 or v > 0 and self.generate_candidates > 1, "0, or > 0 with generate_candidates > 1",
              ("generate_optimism",)),
+            (lambda v: v == 0 or v > 0 and self.generate_strata > 1 and not self.filter_queries, "0, or > 0 with "
+             "generate_strata > 1 and filter_queries False", ("generate_base_candidates",)),
+            (lambda v: not v or self.generate_base_candidates > 0, "False, or True with generate_base_candidates > 0",
+             ("generate_strata_mass",)),
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
              and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
              "or tuned_candidates", ("filter_queries",)),
@@ -315,6 +328,7 @@ class PAPA:
         self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space,
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
         self.buffer_src = torch.zeros(0)  # which model drew each reply of the buffer (0 tuned, 1 base)
+        self.strata_rates = torch.zeros(0)  # generate_strata: each stratum's like-rate among the base queries
         self.liked_strata: tuple[int, torch.Tensor, torch.Tensor] = (0, torch.zeros(0), torch.zeros(0))  # with
         # generate_strata: (replies, centroids, shares) of the liked base queries, recomputed as replies come in
         if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
@@ -395,15 +409,25 @@ class PAPA:
         if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
             return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
         images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
+        tuned = len(images)
+        if self.cfg.generate_base_candidates:
+            extra = sample(self.base, self.cfg.generate_base_candidates * n, generator=generator, **self.sampling)
+            images = torch.cat([images, extra])
         reward = self.reward_model()
         features = torch.cat([self.reward_features(x) for x in images.split(250)])
-        score = self._filter_score(reward.scores(features))
+        members = reward.scores(features)
+        score = self._filter_score(members)
+        backup = torch.arange(len(images)) >= tuned  # the base's candidates, by the ensemble's mean
+        score[backup] = members[:, backup].mean(0).to(score.dtype)
         centroids, shares = self.strata_of_likes()
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
         counts = torch.zeros(len(shares))
         if continue_quota and len(self.buffer_src) == len(self.buffer_y):
             counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() == 0], centroids)
-        return images[stratified_pick(score, strata, shares, n, counts)]
+        if self.cfg.generate_strata_mass:  # the base's mass in each stratum, from this call's free draws
+            shares = torch.bincount(strata[backup], minlength=len(shares)).double() * self.strata_rates
+            shares = shares / shares.sum().clamp_min(1e-12)
+        return images[stratified_pick(score, strata, shares, n, counts, backup)]
 
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
@@ -419,9 +443,12 @@ class PAPA:
             base = self.buffer_src > 0 if known else torch.zeros_like(liked)
             replies = base if bool((liked & base).any()) else torch.ones_like(liked)
             counts = self._stratum_counts(bank[liked & replies], centroids)
-            if a := self.cfg.generate_strata_prior:
-                n = self._stratum_counts(bank[replies], centroids)
-                counts = n * (counts + a * counts.sum() / n.sum()) / (n + a)
+            n = self._stratum_counts(bank[replies], centroids)
+            a = self.cfg.generate_strata_prior
+            shrunk = counts + a * counts.sum() / n.sum()  # a stratum's likes, shrunk toward the overall like-rate
+            self.strata_rates = (shrunk / (n + a)).nan_to_num(0.0)  # its like-rate (generate_strata_mass)
+            if a:
+                counts = n * shrunk / (n + a)
             self.liked_strata = (len(self.buffer_y), centroids, counts / counts.sum().clamp_min(1))
         return self.liked_strata[1], self.liked_strata[2]
 

@@ -377,16 +377,22 @@ def rejection_draw(draw: Any, score: Any, n: int, candidates: int) -> torch.Tens
 
 
 def stratified_pick(score: torch.Tensor, strata: torch.Tensor, shares: torch.Tensor, n: int,
-                    counts: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                    counts: torch.Tensor | None = None,
+                    backup: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``n`` of the candidates (their ``score`` (M,) and strata (M,)) in the proportions ``shares`` (S,) over the
     strata: only those predicted liked (score > 0; fewer than n: the best scored of the rest as well), each stratum's
     best scored first, by :func:`quota_pick` (a stratum out of candidates gives its place to the next owed; ``counts``
-    (S,): how many were picked from each before, default none)."""
-    liked = (score > 0).nonzero().flatten()
+    (S,): how many were picked from each before, default none). ``backup`` (M,) bool: candidates a stratum takes only
+    after its others (a shortfall of the others' predicted likes made up from the others too) and only if predicted
+    liked."""
+    backup = torch.zeros(len(score), dtype=torch.bool) if backup is None else backup
+    liked = ((score > 0) & ~backup).nonzero().flatten()
     if len(liked) < n:
-        rest = (score <= 0).nonzero().flatten()
+        rest = ((score <= 0) & ~backup).nonzero().flatten()
         liked = torch.cat([liked, rest[score[rest].argsort(descending=True, stable=True)][: n - len(liked)]])
-    ordered = liked[score[liked].argsort(descending=True, stable=True)]
+    spare = ((score > 0) & backup).nonzero().flatten()
+    ordered = torch.cat([liked[score[liked].argsort(descending=True, stable=True)],
+                         spare[score[spare].argsort(descending=True, stable=True)]])  # fmt: skip
     counts = torch.zeros(len(shares)) if counts is None else counts
     return ordered[quota_pick(strata[ordered], shares, counts, n)]
 

@@ -198,6 +198,10 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"filter_queries": True},  # needs generate_candidates > 1
         {"filter_queries": True, "generate_candidates": 4, "pool_size": 20},  # a selector's pool: one choice at a time
         {"filter_queries": True, "generate_candidates": 4, "tuned_candidates": 3},
+        {"generate_base_candidates": 4, "generate_candidates": 4},  # needs generate_strata
+        {"generate_base_candidates": -1, "generate_candidates": 4, "generate_strata": 4},
+        {"generate_base_candidates": 4, "generate_candidates": 4, "generate_strata": 4, "filter_queries": True},
+        {"generate_strata_mass": True, "generate_candidates": 4, "generate_strata": 4},  # needs the base's draws
     ],
 )
 def test_config_rejects_bad_values_when_built(bad) -> None:

@@ -454,6 +454,67 @@ def test_stratified_pick_keeps_the_shares_among_predicted_likes_likeliest_first(
     assert torch.bincount(picked, minlength=3).tolist() == [60, 30, 10]  # systematic: the shares exactly
 
 
+def test_stratified_pick_takes_backups_only_where_a_stratum_runs_out_of_its_own() -> None:
+    score = torch.tensor([0.9, 0.8, -0.2, 0.95, 0.7, 0.6, 0.85, 0.75])
+    strata = torch.tensor([0, 0, 1, 1, 1, 0, 0, 0])
+    backup = torch.tensor([False, False, False, True, True, True, False, False])
+    shares = torch.tensor([0.5, 0.5])
+    # stratum 1 has no predicted like of its own: the backups' 0.95 and 0.7 fill its half, not its own -0.2
+    assert sorted(stratified_pick(score, strata, shares, 4, backup=backup).tolist()) == [0, 3, 4, 6]
+    # stratum 0's own likes come before its backup (0.6), whatever the scores
+    assert stratified_pick(score, strata, torch.tensor([1.0, 0.0]), 2, backup=backup).tolist() == [0, 6]
+    # fewer predicted likes of their own than asked: the best scored of the rest of their own make it up, and in
+    # their stratum they come before its backups (as measured, 87e3695)
+    few = torch.tensor([0.9, 0.8, -0.2, 0.95, 0.7, 0.6])
+    assert sorted(stratified_pick(few, strata[:6], shares, 4, backup=backup[:6]).tolist()) == [0, 1, 2, 3]
+    # never a backup not predicted liked
+    assert sorted(stratified_pick(torch.tensor([0.5, -0.1, -0.9]), torch.tensor([0, 0, 1]), shares, 2,
+                                  backup=torch.tensor([False, False, True])).tolist()) == [0, 1]  # fmt: skip
+    assert stratified_pick(score, strata, shares, 4).tolist() == stratified_pick(
+        score, strata, shares, 4, backup=torch.zeros(8, dtype=torch.bool)).tolist()  # fmt: skip
+
+
+def test_generate_backfills_strata_from_the_base_in_its_own_mass(tiny_unet, monkeypatch) -> None:
+    """``generate_base_candidates`` B: ``generate`` also draws B x n base-model images, which a stratum takes once
+    its tuned candidates predicted liked run out; with ``generate_strata_mass`` a stratum's share is the base's mass
+    in it among those draws times its like-rate among the replied base queries."""
+    import papa_env.agents.papa as papa_module
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
+    plain = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=2, generate_strata=2))
+    mass = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=2, generate_strata=2, generate_base_candidates=3,
+                                      generate_strata_mass=True))  # fmt: skip
+    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    for step in range(3):
+        queries = plain.propose(torch.Generator().manual_seed(step))
+        assert np.array_equal(queries, mass.propose(torch.Generator().manual_seed(step)))
+        replies = user.reply(torch.as_tensor(queries), rng)
+        plain.learn(queries, replies)
+        mass.learn(queries, replies)
+    centroids, _ = mass.strata_of_likes()
+    bank, base, liked = mass.reward_fit[2], mass.buffer_src > 0, mass.buffer_y > 0
+    of = lambda f: torch.cdist(f.double(), centroids.double()).argmin(1)  # noqa: E731
+    n, likes = (torch.bincount(of(bank[base & m]), minlength=2).double() for m in (torch.ones_like(liked), liked))
+    assert torch.allclose(mass.strata_rates, (likes / n).nan_to_num(0.0))  # no prior: the plain like-rate
+    seen = {}
+    real = papa_module.stratified_pick
+    monkeypatch.setattr(papa_module, "stratified_pick", lambda *a: seen.update(args=a) or real(*a))
+    g = torch.Generator().manual_seed(5)
+    images = mass.generate(10, g)
+    score, strata, shares, _, _, backup = seen["args"]
+    assert len(score) == 2 * 10 + 3 * 10 and backup.tolist() == [False] * 20 + [True] * 30  # the base's draws last
+    assert len(images) == 10
+    base_mass = torch.bincount(strata[backup], minlength=2).double()
+    expected = base_mass * mass.strata_rates
+    assert torch.allclose(shares, expected / expected.sum())
+    cfg = PAPAConfig(**common, generate_candidates=2, generate_strata=2, generate_base_candidates=3)
+    without = PAPA(tiny_unet, cfg)
+    without.load_state_dict(mass.state_dict())
+    without.generate(10, torch.Generator().manual_seed(5))
+    assert torch.allclose(seen["args"][2], without.strata_of_likes()[1])  # without the mass: the replied counts'
+
+
 def test_generate_by_strata_follows_the_liked_base_queries_and_resumes_the_same(tiny_unet) -> None:
     """With ``generate_strata`` the kept samples are predicted likes in the proportions of the likes to the base
     model's queries over the strata (the buffer records which model drew each reply, and a checkpoint keeps it);
