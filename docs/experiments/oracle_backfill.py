@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reward_filter_final import _env  # the same environment from a session's spec
 
 
 def class_filter(agent, classes, base_candidates: int, seen: dict | None = None):
     """``generate`` of ``agent`` with ``classes(images)`` -> (N,) as its strata; ``base_candidates`` x n draws of the
     frozen base model as the backfill (0: none). ``seen``: filled with, per class, how many base-model candidates it
     had and how many of them the ensemble predicts liked."""
-    from papa_env.agents.selection import quota_pick
+    from papa_env.agents.selection import stratified_pick
     from papa_env.diffusion import sample
 
     def generate(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -63,14 +64,7 @@ def class_filter(agent, classes, base_candidates: int, seen: dict | None = None)
             asked = torch.bincount(replied[replies], minlength=10).double()
             count = asked * (count + a * count.sum() / asked.sum()) / (asked + a)
         shares = count / count.sum().clamp_min(1)
-        first = ((score > 0) & ~backup).nonzero().flatten()
-        if len(first) < n:
-            rest = ((score <= 0) & ~backup).nonzero().flatten()
-            first = torch.cat([first, rest[score[rest].argsort(descending=True, stable=True)][: n - len(first)]])
-        spare = ((score > 0) & backup).nonzero().flatten()
-        ordered = torch.cat([first[score[first].argsort(descending=True, stable=True)],
-                             spare[score[spare].argsort(descending=True, stable=True)]])  # fmt: skip
-        return images[ordered[quota_pick(strata[ordered], shares, torch.zeros(10), n)]]
+        return images[stratified_pick(score, strata, shares, n, torch.zeros(10), backup)]
 
     return generate
 
@@ -142,14 +136,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         Path(a.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
-
-
-def _env(spec: dict):
-    import gymnasium as gym
-
-    import papa_env  # noqa: F401  (registers the ids)
-
-    return gym.make(spec["env"], **spec["env_kwargs"])
 
 
 if __name__ == "__main__":
