@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from reward_filter_final import _env  # the same environment from a session's spec
+from reward_filter_final import _env, finished_sessions  # a session's environment; the sessions of a run
 
 
 def class_filter(agent, classes, base_candidates: int, seen: dict | None = None):
@@ -93,14 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cache = json.loads((root / "base_reference.json").read_text())
     known = {f.name for f in fields(PAPAConfig)}
     rows = []
-    for folder in sorted(root.glob("*/*-s*")):
-        config = json.loads((folder / "config.json").read_text())
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        if not records or records[-1]["replies"] != config["feedback_budget"]:
-            continue  # unfinished
-        if a.tastes and folder.parent.name not in a.tastes.split(","):
-            continue
-        result = json.loads((folder / "result.json").read_text())
+    for folder, config, records, result in finished_sessions(root, a.tastes):
         if a.sessions and f"{folder.parent.name}:{result['spec']['seed']}" not in a.sessions.split(","):
             continue
         env = _env(result["spec"])

@@ -49,14 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     root = Path(a.run_dir) / a.tag
     cache = json.loads((root / "base_reference.json").read_text())
     rows = []
-    for folder in sorted(root.glob("*/*-s*")):
-        config = json.loads((folder / "config.json").read_text())
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        if not records or records[-1]["replies"] != config["feedback_budget"]:
-            continue  # unfinished
-        if a.tastes and folder.parent.name not in a.tastes.split(","):
-            continue
-        result = json.loads((folder / "result.json").read_text())
+    for folder, config, records, result in finished_sessions(root, a.tastes):
         env = _env(result["spec"])
         known = {f.name for f in fields(PAPAConfig)}  # a removed option's field (an old screen's) is dropped
         cfg = PAPAConfig(**{k: v for k, v in config["agent_config"].items() if k in known})
@@ -87,6 +80,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         Path(a.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def finished_sessions(root: Path, tastes: str | None = None):
+    """(folder, config, metric records, result) of each session under ``root`` that spent its whole budget, of the
+    comma-separated ``tastes`` only when given."""
+    for folder in sorted(root.glob("*/*-s*")):
+        config = json.loads((folder / "config.json").read_text())
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        if not records or records[-1]["replies"] != config["feedback_budget"]:
+            continue  # unfinished
+        if tastes and folder.parent.name not in tastes.split(","):
+            continue
+        yield folder, config, records, json.loads((folder / "result.json").read_text())
 
 
 def _sources(folder: Path, full_exploitation: bool) -> torch.Tensor:
