@@ -113,7 +113,8 @@ def test_serve_takes_the_config_fields_as_flags_over_the_preset(tmp_path, tiny_u
     assert len((folder / "replies.jsonl").read_text().splitlines()) == 1
 
 
-FILTER = {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0, "generate_optimism": 1.0}
+FILTER = {"generate_candidates": 4, "generate_strata": 10, "generate_strata_prior": 2.0, "generate_optimism": 1.0,
+          "generate_base_candidates": 4, "generate_strata_mass": True}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -141,24 +142,28 @@ def test_serve_filters_the_agents_samples_unless_told_not_to(tmp_path, tiny_unet
 
 
 def test_serve_resumes_a_folder_with_the_filter_it_was_started_with(tmp_path, tiny_unet, capsys) -> None:
-    """A session started before the gate was part of the default (its config.json without the field) resumes with
-    the same command: the folder's filter, not today's default, which the resume check would refuse."""
+    """A session started before the gate and the base model's shares were part of the default (its config.json
+    without those fields) resumes with the same command: the folder's filter, not today's default, which the resume
+    check would refuse."""
     weights = tmp_path / "tiny.safetensors"
     save_model(tiny_unet, weights)
     folder = tmp_path / "run"
     argv = f"serve --model {weights} --out {folder} --port 0 --budget 20 --bot classifier --preference [1]".split()
     assert main([*argv, "--num-sampling-steps", "2"]) == 0
     config = json.loads((folder / "config.json").read_text())
-    del config["agent_config"]["generate_optimism"]  # as an earlier version wrote it
+    for field in ("generate_optimism", "generate_base_candidates", "generate_strata_mass"):
+        del config["agent_config"][field]  # as an earlier version wrote it
     config["agent_config"]["generate_strata_prior"] = 0.0
     (folder / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert main([*argv, "--num-sampling-steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "generate_strata_prior=0.0, generate_optimism=0.0" in out and "bot done: done after 20 replies" in out
+    old = "generate_strata_prior=0.0, generate_optimism=0.0, generate_base_candidates=0, generate_strata_mass=False"
+    assert old in out and "bot done: done after 20 replies" in out
     fresh = tmp_path / "fresh"  # a new folder gets today's
     assert main([*argv[:4], str(fresh), *argv[5:], "--num-sampling-steps", "2", "--budget", "10"]) == 0
-    assert "generate_strata_prior=2.0, generate_optimism=1.0" in capsys.readouterr().out
+    today = "generate_strata_prior=2.0, generate_optimism=1.0, generate_base_candidates=4, generate_strata_mass=True"
+    assert today in capsys.readouterr().out
 
 
 def test_demo_out_must_be_a_writable_folder(tmp_path, capsys) -> None:

@@ -29,7 +29,7 @@ AGAINST_TODAY = (
     "dislike_floor600_balance", "no_ema", "anchor03", "ema_start90", "base_like_anchor0", "base_candidates3",
     "tuned_candidates3", "tuned_candidates3_medoids", "ema_warmup", "reward_filter4", "reward_filter_strata10",
     "reward_filter_strata_prior2", "proportional", "filter_queries", "reward_filter_strata_prior2_optimism1",
-    "reward_filter_gate_filter_queries",
+    "reward_filter_gate_filter_queries", "base_backfill_mass",
 )  # fmt: skip
 LIKED = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
 
