@@ -63,17 +63,23 @@ def draw_pool(policy, base, n_tuned: int, n_base: int, features: Any, generator:
 
 class UNetFeatures:
     """The frozen base UNet's mid-block activations at t = 200 for an image, average-pooled to 2 x 2: their direction
-    (L2-normalised) and their log-norm. Features the agent owns (neither the user's nor the judge's classifier)."""
+    (L2-normalised) and their log-norm. Features the agent owns (neither the user's nor the judge's classifier).
+    ``block`` ("mid", or "down0", "down1", ...: that down block's output), ``t`` and ``pool`` pick others (the
+    diagnostic ``docs/experiments/feature_spaces.py`` compares them)."""
 
-    def __init__(self, base: torch.nn.Module, t: int = 200) -> None:
-        self.base, self.t = base, t
+    def __init__(self, base: torch.nn.Module, t: int = 200, pool: int = 2, block: str = "mid") -> None:
+        self.base, self.t, self.pool = base, t, pool
+        downs = [f"down{i}" for i in range(len(base.down_blocks))]
+        if block != "mid" and block not in downs:
+            raise ValueError(f"block must be 'mid' or one of {downs}, got {block!r}")
+        self.block = base.mid_block if block == "mid" else base.down_blocks[downs.index(block)]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from papa_env.diffusion import noise_schedule
 
-        captured: list[torch.Tensor] = []
-        hook = self.base.mid_block.register_forward_hook(lambda m, i, o: captured.append(o))
+        captured: list[torch.Tensor] = []  # a down block returns (output, skips)
+        hook = self.block.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
         try:
             abar = noise_schedule()[0][self.t]
             # the deterministic part of x_t (no noise): what the base sees of the image at t
@@ -81,7 +87,7 @@ class UNetFeatures:
             self.base(x_t, torch.full((len(images),), self.t, device=x_t.device))
         finally:
             hook.remove()
-        f = torch.nn.functional.adaptive_avg_pool2d(captured[0], 2).flatten(1).float().cpu()
+        f = torch.nn.functional.adaptive_avg_pool2d(captured[0], self.pool).flatten(1).float().cpu()
         norm = f.norm(dim=1, keepdim=True).clamp_min(1e-8)
         return torch.cat([f / norm, norm.log()], 1)  # the direction, and the magnitude on its own
 

@@ -264,6 +264,24 @@ def sample_brightness(unet) -> torch.Tensor:
     return sample(unet, 200, num_steps=5, generator=torch.Generator().manual_seed(0)).mean((1, 2, 3))
 
 
+def test_unet_features_of_a_block_noise_level_and_pooling(tiny_unet) -> None:
+    """The base UNet's features: a unit direction per pooled map and its log-norm, from the block, timestep and
+    pooling asked for (the mid block at t = 200, 2 x 2 by default), the UNet left without hooks."""
+    from papa_env.agents.selection import UNetFeatures
+
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    default = UNetFeatures(tiny_unet)(x)
+    assert default.shape == (3, 8 * 2 * 2 + 1)  # the tiny UNet's mid block has 8 channels
+    assert torch.allclose(default[:, :-1].norm(dim=1), torch.ones(3))
+    assert torch.equal(default, UNetFeatures(tiny_unet, t=200, pool=2, block="mid")(x))
+    assert UNetFeatures(tiny_unet, pool=4)(x).shape == (3, 8 * 16 + 1)
+    assert UNetFeatures(tiny_unet, pool=4, block="down0")(x).shape == (3, 4 * 16 + 1)
+    assert not torch.equal(UNetFeatures(tiny_unet, t=50)(x), default)
+    assert not tiny_unet.mid_block._forward_hooks and not tiny_unet.down_blocks[0]._forward_hooks
+    with pytest.raises(ValueError, match="block must be 'mid' or one of"):
+        UNetFeatures(tiny_unet, block="up0")
+
+
 def test_random_features_are_fixed_by_their_seed_and_carry_what_an_image_shows(tiny_unet) -> None:
     """A fixed random network's features (for a base model whose own carry little): seeded, and enough for the ridge
     ensemble to tell bright images from dark ones after a few replies."""

@@ -14,11 +14,11 @@ score is read against those labels: ROC AUC on the base draws; per liked class, 
 the share of its base draws predicted liked (score > 0), the worst liked class being the backfill's limit; and the
 precision of the predicted likes among the tuned draws (what the filter shows).
 
-A feature space is named ``<block><t>x<pool>``: the base UNet's ``mid`` block, or ``down0`` / ``down1`` (the
-28 -> 14 and 14 -> 7 down blocks' outputs), run on the noiseless part of x_t at timestep t, average-pooled to pool x
-pool, taken as its direction and log-norm (as ``UNetFeatures``); ``+`` joins spaces; ``random`` is the agent's fixed
-random network. ``--oracle-fit N`` fits on N fresh base draws labelled by the user's classifier instead: how far a
-space goes with replies spread as the base draws (a bound, not something an agent can have).
+A feature space is named ``<block><t>x<pool>``: the base UNet's ``mid`` block, or ``down0`` / ``down1`` (the 28 -> 14
+and 14 -> 7 down blocks' outputs), run on the noiseless part of x_t at timestep t, average-pooled to pool x pool, taken
+as its direction and log-norm (``UNetFeatures`` with those three); ``+`` joins spaces; ``random`` is the agent's fixed
+random network. ``--oracle-fit N`` fits on N fresh base draws labelled by the user's classifier instead: how far a space
+goes with replies spread as the base draws (a bound, not something an agent can have).
 """
 
 from __future__ import annotations
@@ -34,33 +34,9 @@ from oracle_backfill import user_classes  # the user's own classifier: privilege
 from reward_filter_final import _env, finished_sessions  # a session's environment; the sessions of a run
 
 
-class BlockFeatures:
-    """The frozen base UNet's ``block`` output at timestep ``t``, pooled to ``pool`` x ``pool``: direction and
-    log-norm (``UNetFeatures`` with the block, t and pooling free)."""
-
-    def __init__(self, base: torch.nn.Module, block: str, t: int, pool: int) -> None:
-        self.base, self.t, self.pool = base, t, pool
-        self.module = base.mid_block if block == "mid" else base.down_blocks[int(block[len("down") :])]
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from papa_env.diffusion import noise_schedule
-
-        captured: list[torch.Tensor] = []
-        hook = self.module.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
-        try:
-            x_t = noise_schedule()[0][self.t].sqrt() * images
-            self.base(x_t, torch.full((len(images),), self.t))
-        finally:
-            hook.remove()
-        f = torch.nn.functional.adaptive_avg_pool2d(captured[0], self.pool).flatten(1).float()
-        norm = f.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        return torch.cat([f / norm, norm.log()], 1)
-
-
 def make_space(name: str, base: torch.nn.Module):
     """``name`` (see the module docstring) -> images (N, 1, 28, 28) -> features (N, D)."""
-    from papa_env.agents.selection import RandomFeatures
+    from papa_env.agents.selection import RandomFeatures, UNetFeatures
 
     parts = []
     for part in name.split("+"):
@@ -69,7 +45,7 @@ def make_space(name: str, base: torch.nn.Module):
             continue
         block = "mid" if part.startswith("mid") else part[: len("down") + 1]
         t, pool = part[len(block) :].split("x")
-        parts.append(BlockFeatures(base, block, int(t), int(pool)))
+        parts.append(UNetFeatures(base, int(t), int(pool), block))
     return lambda images: torch.cat([torch.cat([p(x) for p in parts], 1) for x in images.split(250)])
 
 
