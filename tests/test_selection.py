@@ -492,6 +492,19 @@ def test_stratified_pick_takes_backups_only_where_a_stratum_runs_out_of_its_own(
         score, strata, shares, 4, backup=torch.zeros(8, dtype=torch.bool)).tolist()  # fmt: skip
 
 
+def _taught_side_by_side(first: PAPA, second: PAPA, steps: int = 3) -> None:
+    """``steps`` rounds in which both agents are asked the same queries (asserted: the same images from the same
+    models) and given the same replies of a user liking the brighter half of ``first``'s samples."""
+    level = float(first.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    for step in range(steps):
+        queries = first.propose(torch.Generator().manual_seed(step))
+        assert np.array_equal(queries, second.propose(torch.Generator().manual_seed(step)))
+        replies = user.reply(torch.as_tensor(queries), rng)
+        first.learn(queries, replies)
+        second.learn(queries, replies)
+
+
 def test_generate_backfills_strata_from_the_base_in_its_own_mass(tiny_unet, monkeypatch) -> None:
     """``generate_base_candidates`` B: ``generate`` also draws B x n base-model images, which a stratum takes once
     its tuned candidates predicted liked run out; with ``generate_strata_mass`` a stratum's share is the base's mass
@@ -502,14 +515,7 @@ def test_generate_backfills_strata_from_the_base_in_its_own_mass(tiny_unet, monk
     plain = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=2, generate_strata=2))
     mass = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=2, generate_strata=2, generate_base_candidates=3,
                                       generate_strata_mass=True))  # fmt: skip
-    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
-    user, rng = Bright(threshold=level), np.random.default_rng(0)
-    for step in range(3):
-        queries = plain.propose(torch.Generator().manual_seed(step))
-        assert np.array_equal(queries, mass.propose(torch.Generator().manual_seed(step)))
-        replies = user.reply(torch.as_tensor(queries), rng)
-        plain.learn(queries, replies)
-        mass.learn(queries, replies)
+    _taught_side_by_side(plain, mass)
     centroids, _ = mass.strata_of_likes()
     bank, base, liked = mass.reward_fit[2], mass.buffer_src > 0, mass.buffer_y > 0
     of = lambda f: torch.cdist(f.double(), centroids.double()).argmin(1)  # noqa: E731
@@ -540,14 +546,8 @@ def test_generate_by_strata_follows_the_liked_base_queries_and_resumes_the_same(
     common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
     plain = PAPA(tiny_unet, PAPAConfig(**common))
     cfg = PAPAConfig(**common, generate_candidates=3, generate_strata=3)
-    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
-    agent, user, rng = PAPA(tiny_unet, cfg), Bright(threshold=level), np.random.default_rng(0)  # likes half
-    for step in range(3):
-        queries = plain.propose(torch.Generator().manual_seed(step))
-        assert np.array_equal(queries, agent.propose(torch.Generator().manual_seed(step)))
-        replies = user.reply(torch.as_tensor(queries), rng)
-        plain.learn(queries, replies)
-        agent.learn(queries, replies)
+    agent = PAPA(tiny_unet, cfg)
+    _taught_side_by_side(plain, agent)
     assert all(torch.equal(a, b) for a, b in zip(plain.unet.parameters(), agent.unet.parameters()))
     assert agent.buffer_src.tolist() == [0.0] * 5 + [1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [0.0] * 5 + [1.0] * 5
     centroids, shares = agent.strata_of_likes()
@@ -579,14 +579,7 @@ def test_strata_prior_shrinks_each_stratum_toward_the_overall_like_rate(tiny_une
     common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5}
     plain = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=3, generate_strata=3))
     prior = PAPA(tiny_unet, PAPAConfig(**common, generate_candidates=3, generate_strata=3, generate_strata_prior=4.0))
-    level = float(plain.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
-    user, rng = Bright(threshold=level), np.random.default_rng(0)
-    for step in range(3):
-        queries = plain.propose(torch.Generator().manual_seed(step))
-        assert np.array_equal(queries, prior.propose(torch.Generator().manual_seed(step)))  # and the source of each
-        replies = user.reply(torch.as_tensor(queries), rng)
-        plain.learn(queries, replies)
-        prior.learn(queries, replies)
+    _taught_side_by_side(plain, prior)
     centroids, liked_shares = plain.strata_of_likes()
     same_centroids, shares = prior.strata_of_likes()
     assert torch.equal(centroids, same_centroids)
