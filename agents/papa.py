@@ -134,6 +134,9 @@ class PAPAConfig:
     """with generate_base_candidates: a stratum's share is the base model's mass in it (its share of that call's
     base-model candidates) times its like-rate among the replied base queries (shrunk by generate_strata_prior), not
     its replied count times that rate: the base's proportions from free draws, not from the few queries replied to"""
+    generate_feature_pool: int = 2
+    """with generate_candidates > 1: the reward ensemble's space is the base UNet's mid-block features average-pooled
+    to this many x this many (2: 257 features; 7, unpooled on 28 x 28 images: 3,137)"""
     filter_queries: bool = False
     """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
     generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
@@ -158,7 +161,8 @@ class PAPAConfig:
         rules = [  # (does it hold for a value, what is expected, of which fields)
             (lambda v: v > 0, "> 0", ("lr",)),
             (lambda v: v >= 0, ">= 0", ("pref_coef", "model_coef", "replay", "ema_start", "base_queries")),
-            (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step", "generate_candidates")),
+            (lambda v: v >= 1, ">= 1", ("batch_size", "queries_per_step", "generate_candidates",
+                                        "generate_feature_pool")),
             (lambda v: v is None or v >= self.queries_per_step, ">= queries_per_step or None", ("pool_size",)),
             (lambda v: v in SELECTORS, f"one of {SELECTORS}", ("selector",)),
             (lambda v: v in FEATURES, f"one of {FEATURES}", ("selector_features",)),
@@ -478,7 +482,7 @@ class PAPA:
         """The ridge ensemble of :meth:`predicted_reply`, fitted on every reply so far (refitted when replies came in
         since); it needs at least one reply."""
         if self.reward_features is None:
-            self.reward_features = UNetFeatures(self.base)
+            self.reward_features = UNetFeatures(self.base, pool=self.cfg.generate_feature_pool)
         n, bank = self.reward_fit[0], self.reward_fit[2]
         if n != len(self.buffer_y):  # features of the replies new since the last fit, then the ensemble refitted
             new = torch.cat([self.reward_features(x) for x in self.buffer_x[n:].split(250)])

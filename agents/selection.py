@@ -192,23 +192,17 @@ class EnsembleSelector:
         self._fit()
 
     def _fit(self) -> None:
-        """Each member: w = (F^T D F + ridge I)^-1 F^T D y with D the bootstrap counts (deterministic per size); F has
-        a constant column (the bias, penalised like the rest)."""
+        """Each member: :func:`weighted_ridge` of the replies with the bootstrap counts as weights (deterministic
+        per size); the features get a constant column (the bias, penalised like the rest)."""
         n = len(self.features)
         if n == 0:
             self.weights = None
             return
         features = _with_bias(self.features)
-        d = features.shape[1]
         g = torch.Generator().manual_seed(self.seed * 100_003 + n)
         counts = torch.stack([torch.bincount(torch.randint(n, (n,), generator=g), minlength=n) for _ in
                               range(self.members)]).double()  # fmt: skip
-        ws = []
-        for c in counts:
-            fw = features * c[:, None]
-            a = features.T @ fw + self.ridge * torch.eye(d, dtype=torch.float64)
-            ws.append(torch.linalg.solve(a, fw.T @ self.labels))
-        self.weights = torch.stack(ws)
+        self.weights = torch.stack([weighted_ridge(features, self.labels, c, self.ridge) for c in counts])
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(members, M) each member's predicted reply (about +1 like, -1 dislike); zeros before any reply."""
@@ -285,6 +279,18 @@ def systematic_sample(inclusion: torch.Tensor, generator: torch.Generator) -> to
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
     taken = torch.floor(cum[1:] - u + 1e-9) > torch.floor(cum[:-1] - u + 1e-9)  # a point u + j in (cum_i-1, cum_i]
     return order[taken]
+
+
+def weighted_ridge(features: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(D,) w = argmin sum_i c_i (f_i . w - y_i)^2 + ridge |w|^2 = (F^T C F + ridge I)^-1 F^T C y for features F
+    (N, D), targets y (N,) and weights c (N,). With fewer rows than features, the same w from the N x N system
+    w = F^T C (F F^T C + ridge I)^-1 y (push-through identity): 3,137 unpooled UNet features fit in ms, not seconds."""
+    n, d = features.shape
+    if n < d:
+        alpha = torch.linalg.solve(features @ features.T * weights[None, :] + ridge * torch.eye(n, dtype=y.dtype), y)
+        return features.T @ (weights * alpha)
+    fw = features * weights[:, None]
+    return torch.linalg.solve(features.T @ fw + ridge * torch.eye(d, dtype=y.dtype), fw.T @ y)
 
 
 def _with_bias(features: torch.Tensor) -> torch.Tensor:

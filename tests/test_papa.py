@@ -189,6 +189,7 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"sampler": "euler"},
         {"num_sampling_steps": 0},
         {"generate_candidates": 0},
+        {"generate_feature_pool": 0},
         {"generate_strata": 4},  # needs generate_candidates > 1
         {"generate_strata": 1, "generate_candidates": 4},
         {"generate_strata_prior": 5.0},  # needs generate_strata

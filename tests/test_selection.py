@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,24 @@ def test_papa_weights_each_reply_by_its_inclusion_probability(tiny_unet) -> None
     assert stats["charts/reply_baseline"] == pytest.approx(float((weights * y).sum() / weights.sum()), rel=1e-5)
     assert agent.buffer_w[-10:].tolist() == pytest.approx(w.tolist())
     assert agent.shown_weight is None  # used once
+
+
+@pytest.mark.parametrize("n, d", [(40, 9), (9, 40)])
+def test_weighted_ridge_is_the_least_squares_fit_with_fewer_rows_or_fewer_features(n, d) -> None:
+    """The reward ensemble's fit: the weighted ridge solution, from the D x D system or (fewer rows than features,
+    as 300 replies in 3,137 unpooled UNet features) the N x N one, against least squares on the augmented system
+    [sqrt(c) F; sqrt(ridge) I] w = [sqrt(c) y; 0]."""
+    from papa_env.agents.selection import weighted_ridge
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    counts = torch.randint(0, 3, (n,), generator=g).double()  # bootstrap counts: some rows left out
+    ridge = 0.7
+    design = torch.cat([counts.sqrt()[:, None] * features, ridge**0.5 * torch.eye(d, dtype=torch.float64)])
+    target = torch.cat([counts.sqrt() * y, torch.zeros(d, dtype=torch.float64)])
+    expected = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
+    assert torch.allclose(weighted_ridge(features, y, counts, ridge), expected, atol=1e-10)
 
 
 def test_kmeans_finds_separated_clusters() -> None:
@@ -455,6 +474,11 @@ def test_the_reward_ensemble_is_a_function_of_the_replies_so_a_resumed_agent_pre
     fresh.load_state_dict(agent.state_dict())
     fresh.buffer_y = -fresh.buffer_y  # other replies: another fit
     assert not torch.allclose(fresh.predicted_reply(probe), before)
+    unpooled = PAPA(tiny_unet, replace(cfg, generate_feature_pool=7))  # the mid block's whole 7 x 7 map
+    unpooled.load_state_dict(agent.state_dict())
+    assert unpooled.reward_model().weights.shape == (8, 8 * 7 * 7 + 1 + 1)  # members x (features, log-norm, bias)
+    assert agent.reward_model().weights.shape == (8, 8 * 2 * 2 + 1 + 1)
+    assert not torch.allclose(unpooled.predicted_reply(probe), before)
 
 
 def test_stratified_pick_keeps_the_shares_among_predicted_likes_likeliest_first() -> None:

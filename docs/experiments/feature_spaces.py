@@ -17,7 +17,10 @@ precision of the predicted likes among the tuned draws (what the filter shows).
 A feature space is named ``<block><t>x<pool>``: the base UNet's ``mid`` block, or ``down0`` / ``down1`` (the 28 -> 14
 and 14 -> 7 down blocks' outputs), run on the noiseless part of x_t at timestep t, average-pooled to pool x pool, taken
 as its direction and log-norm (``UNetFeatures`` with those three); ``+`` joins spaces; ``random`` is the agent's fixed
-random network. ``--oracle-fit N`` fits on N fresh base draws labelled by the user's classifier instead: how far a space
+random network; a trailing ``~rbf`` maps the space through 2,048 random Fourier features of a Gaussian kernel
+(bandwidth: the median distance between the fitted images' standardised features), so the same ridge ensemble fits a
+nonlinear reward (kernel ridge, approximately): whether a nonlinear head over the space separates what a linear one
+cannot. ``--oracle-fit N`` fits on N fresh base draws labelled by the user's classifier instead: how far a space
 goes with replies spread as the base draws (a bound, not something an agent can have).
 """
 
@@ -47,6 +50,18 @@ def make_space(name: str, base: torch.nn.Module):
         t, pool = part[len(block) :].split("x")
         parts.append(UNetFeatures(base, int(t), int(pool), block))
     return lambda images: torch.cat([torch.cat([p(x) for p in parts], 1) for x in images.split(250)])
+
+
+def rbf_head(space, fit_images: torch.Tensor, width: int = 2048, seed: int = 0):
+    """``space`` followed by random Fourier features of a Gaussian kernel, standardised and scaled on ``fit_images``."""
+    f = space(fit_images)
+    mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
+    z = (f - mean) / std
+    bandwidth = torch.cdist(z, z).median().clamp_min(1e-6)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(z.shape[1], width, generator=g, dtype=z.dtype) / bandwidth
+    b = torch.rand(width, generator=g, dtype=z.dtype) * 2 * torch.pi
+    return lambda images: torch.cos((space(images) - mean) / std @ w + b) * (2 / width) ** 0.5
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -111,7 +126,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"taste": folder.parent.name, "seed": result["spec"]["seed"], "replies": len(fit_y),
                "base_liked": float(base_y.mean()), "tuned_liked": float(tuned_y.mean())}  # fmt: skip
         for name in spaces:
-            features = make_space(name, agent.base)
+            features = make_space(name.removesuffix("~rbf"), agent.base)
+            if name.endswith("~rbf"):
+                features = rbf_head(features, fit_x, seed=cfg.seed)
             ensemble = make_selector("disagreement", cfg.seed)
             ensemble.observe(features(fit_x), fit_y)
             sb = ensemble.scores(features(base)).mean(0).numpy()
