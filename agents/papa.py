@@ -329,7 +329,11 @@ class PAPA:
         self.base_features = UNetFeatures(self.base) if spread else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
         self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
-        self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space,
+        self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space
+        if config.generate_candidates > 1:  # its pooling checked on one blank image now, not at the first sample
+            self.reward_features = UNetFeatures(self.base, pool=config.generate_feature_pool)
+            c, size = self.base.config.in_channels, self.base.config.sample_size
+            self.reward_features(torch.zeros(1, c, size, size))
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
         self.buffer_src = torch.zeros(0)  # which model drew each reply of the buffer (0 tuned, 1 base)
         self.strata_rates = torch.zeros(0)  # generate_strata: each stratum's like-rate among the base queries

@@ -87,6 +87,8 @@ class UNetFeatures:
             self.base(x_t, torch.full((len(images),), self.t, device=x_t.device))
         finally:
             hook.remove()
+        if self.pool > min(captured[0].shape[-2:]):
+            raise ValueError(f"pool must be <= the block's map size {tuple(captured[0].shape[-2:])}, got {self.pool}")
         f = torch.nn.functional.adaptive_avg_pool2d(captured[0], self.pool).flatten(1).float().cpu()
         norm = f.norm(dim=1, keepdim=True).clamp_min(1e-8)
         return torch.cat([f / norm, norm.log()], 1)  # the direction, and the magnitude on its own

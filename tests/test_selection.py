@@ -479,6 +479,8 @@ def test_the_reward_ensemble_is_a_function_of_the_replies_so_a_resumed_agent_pre
     assert unpooled.reward_model().weights.shape == (8, 8 * 7 * 7 + 1 + 1)  # members x (features, log-norm, bias)
     assert agent.reward_model().weights.shape == (8, 8 * 2 * 2 + 1 + 1)
     assert not torch.allclose(unpooled.predicted_reply(probe), before)
+    with pytest.raises(ValueError, match=r"pool must be <= the block's map size \(7, 7\), got 8"):
+        PAPA(tiny_unet, replace(cfg, generate_feature_pool=8))  # at construction, before any reply
 
 
 def test_stratified_pick_keeps_the_shares_among_predicted_likes_likeliest_first() -> None:
