@@ -329,9 +329,8 @@ class PAPA:
         self.base_features = UNetFeatures(self.base) if spread else None
         self.shown_base = torch.zeros(0)  # with base_candidates: the features of the base queries replied to
         self.centroids, self.shares = torch.zeros(0), torch.zeros(0)  # with base_strata: the strata of the base
-        self.reward_features: UNetFeatures | None = None  # with generate_candidates: the reward ensemble's space
-        if config.generate_candidates > 1:  # its pooling checked on one blank image now, not at the first sample
-            self.reward_features = UNetFeatures(self.base, pool=config.generate_feature_pool)
+        self.reward_features = UNetFeatures(self.base, pool=config.generate_feature_pool)  # the reward ensemble's
+        if config.generate_candidates > 1:  # space; its pooling checked on one blank image now, not at the first sample
             c, size = self.base.config.in_channels, self.base.config.sample_size
             self.reward_features(torch.zeros(1, c, size, size))
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
@@ -485,8 +484,6 @@ class PAPA:
     def reward_model(self) -> Any:
         """The ridge ensemble of :meth:`predicted_reply`, fitted on every reply so far (refitted when replies came in
         since); it needs at least one reply."""
-        if self.reward_features is None:
-            self.reward_features = UNetFeatures(self.base, pool=self.cfg.generate_feature_pool)
         n, bank = self.reward_fit[0], self.reward_fit[2]
         if n != len(self.buffer_y):  # features of the replies new since the last fit, then the ensemble refitted
             new = torch.cat([self.reward_features(x) for x in self.buffer_x[n:].split(250)])
