@@ -41,6 +41,9 @@ from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
 T = SCHEDULER_CONFIG["num_train_timesteps"]
 LOSSES = ("loss", "losses/pref", "losses/model")
+# Where a query came from: the tuned model, the frozen base as a base query, or a base draw the filter served in a
+# tuned query's place (filter_queries with generate_base_candidates: the agent's own query, not a base query)
+TUNED, BASE, SERVED_BASE = 0, 1, 2
 
 
 @dataclass
@@ -139,8 +142,10 @@ class PAPAConfig:
     to this many x this many (2: 257 features; 7, unpooled on 28 x 28 images: 3,137)"""
     filter_queries: bool = False
     """with generate_candidates > 1: the tuned model's queries pass the same reward filter as its samples (with
-    generate_strata, the strata quota continued over every tuned query replied to so far), so a person is shown more of
-    what they like; the base model's queries stay as drawn. What is learned from is then the filter's choice"""
+    generate_strata, the strata quota continued over every such query replied to so far; with
+    generate_base_candidates, a stratum the tuned model cannot fill takes the base's predicted likes, recorded as
+    served, not as base queries), so a person is shown more of what they like; the base model's queries stay as
+    drawn. What is learned from is then the filter's choice"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -183,8 +188,8 @@ class PAPAConfig:
              ("generate_strata_prior",)),
             (lambda v: v == 0 or v > 0 and self.generate_candidates > 1, "0, or > 0 with generate_candidates > 1",
              ("generate_optimism",)),
-            (lambda v: v == 0 or v > 0 and self.generate_strata > 1 and not self.filter_queries, "0, or > 0 with "
-             "generate_strata > 1 and filter_queries False", ("generate_base_candidates",)),
+            (lambda v: v == 0 or v > 0 and self.generate_strata > 1, "0, or > 0 with generate_strata > 1",
+             ("generate_base_candidates",)),
             (lambda v: not v or self.generate_base_candidates > 0, "False, or True with generate_base_candidates > 0",
              ("generate_strata_mass",)),
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
@@ -320,7 +325,7 @@ class PAPA:
         self.features = None if config.selector == "random" else make_features(config.selector_features, self.base)
         self.buffer_x, self.buffer_y = torch.zeros(0, device=self.device), torch.zeros(0, device=self.device)
         self.tuned_y = torch.zeros(0)  # with fewer_base_queries: the signed replies to the tuned model's own queries
-        self.shown_source: np.ndarray | None = None  # which model drew each proposed query (0 tuned, 1 base)
+        self.shown_source: np.ndarray | None = None  # where each proposed query came from (TUNED...)
         self.shown_weight: np.ndarray | None = None  # with a selector that knows its inclusion probabilities: each
         # proposed query's Horvitz-Thompson weight, K / (M pi)
         self.buffer_w = torch.zeros(0)  # the weight of each reply of the buffer (1 unless shown by such a selector)
@@ -334,7 +339,7 @@ class PAPA:
             c, size = self.base.config.in_channels, self.base.config.sample_size
             self.reward_features(torch.zeros(1, c, size, size))
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
-        self.buffer_src = torch.zeros(0)  # which model drew each reply of the buffer (0 tuned, 1 base)
+        self.buffer_src = torch.zeros(0)  # where each reply of the buffer came from
         self.strata_rates = torch.zeros(0)  # generate_strata: each stratum's like-rate among the base queries
         self.liked_strata: tuple[int, torch.Tensor, torch.Tensor] = (0, torch.zeros(0), torch.zeros(0))  # with
         # generate_strata: (replies, centroids, shares) of the liked base queries, recomputed as replies come in
@@ -350,9 +355,9 @@ class PAPA:
         n_base = self.base_count()
         n_tuned, drawn_tuned, drawn = m - n_base, (m - n_base) * c.tuned_candidates, n_base * c.base_candidates
         if c.filter_queries and n_tuned and len(self.buffer_y):  # the tuned queries through the reward filter
-            tuned = self.generate(n_tuned, generator, continue_quota=True)
+            tuned, backfilled = self._generate(n_tuned, generator, continue_quota=True)
             base = sample(self.base, drawn, generator=generator, **self.sampling) if drawn else tuned[:0]
-            source = torch.cat([torch.zeros(n_tuned, dtype=torch.long), torch.ones(drawn, dtype=torch.long)])
+            source = torch.cat([torch.where(backfilled, SERVED_BASE, TUNED), torch.full((drawn,), BASE)])
             pool = Pool(torch.cat([tuned, base]), source, torch.zeros(n_tuned + drawn, 0))
         else:
             pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
@@ -402,19 +407,25 @@ class PAPA:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
         self.shown_weight = np.asarray(state["weight"]) if "weight" in state else None
 
-    def generate(self, n: int, generator: torch.Generator, continue_quota: bool = False) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`
-        (image by image, or over ``generate_strata`` strata once a reply is a like; ``continue_quota``: the strata
-        quota counts the tuned model's queries replied to so far, so a few queries at a time follow it over a
-        session)."""
+        (image by image, or over ``generate_strata`` strata once a reply is a like, with ``generate_base_candidates``
+        the base's predicted likes where the tuned model's fall short)."""
+        return self._generate(n, generator)[0]
+
+    def _generate(self, n: int, generator: torch.Generator, continue_quota: bool = False):
+        """:meth:`generate`'s samples (n, ...) and which of them the base model drew (n,) bool; ``continue_quota``:
+        the strata quota counts the queries served so far (not the base queries), so a few queries at a time follow
+        it over a session."""
 
         def draw(count: int) -> torch.Tensor:
             return sample(self.policy, count, generator=generator, **self.sampling)
 
+        tuned_only = torch.zeros(n, dtype=torch.bool)
         if self.cfg.generate_candidates == 1 or not len(self.buffer_y):
-            return draw(n)
+            return draw(n), tuned_only
         if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
-            return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates)
+            return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates), tuned_only
         images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
         tuned = len(images)
         if self.cfg.generate_base_candidates:
@@ -430,11 +441,12 @@ class PAPA:
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
         counts = torch.zeros(len(shares))
         if continue_quota and len(self.buffer_src) == len(self.buffer_y):
-            counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() == 0], centroids)
+            counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() != BASE], centroids)
         if self.cfg.generate_strata_mass:  # the base's mass in each stratum, from this call's free draws
             shares = torch.bincount(strata[backup], minlength=len(shares)).double() * self.strata_rates
             shares = shares / shares.sum().clamp_min(1e-12)
-        return images[stratified_pick(score, strata, shares, n, counts, backup)]
+        picked = stratified_pick(score, strata, shares, n, counts, backup)
+        return images[picked], backup[picked]
 
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
@@ -447,7 +459,7 @@ class PAPA:
             bank, liked = self.reward_fit[2], self.buffer_y.cpu() > 0
             centroids = kmeans(bank, self.cfg.generate_strata, torch.Generator().manual_seed(self.cfg.seed))
             known = len(self.buffer_src) == len(liked)
-            base = self.buffer_src > 0 if known else torch.zeros_like(liked)
+            base = self.buffer_src == BASE if known else torch.zeros_like(liked)
             replies = base if bool((liked & base).any()) else torch.ones_like(liked)
             counts = self._stratum_counts(bank[liked & replies], centroids)
             n = self._stratum_counts(bank[replies], centroids)
@@ -541,10 +553,10 @@ class PAPA:
         self.buffer_y = torch.cat([self.buffer_y, y[y != 0]])
         self.buffer_src = torch.cat([self.buffer_src, src.cpu()[y.cpu() != 0]])
         self.buffer_w = torch.cat([self.buffer_w, w[y.cpu() != 0]])
-        if self.base_features is not None and bool((src > 0).any()):
-            self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src > 0])])
+        if self.base_features is not None and bool((src == BASE).any()):
+            self.shown_base = torch.cat([self.shown_base, self.base_features(x0[src == BASE])])
         if self.cfg.fewer_base_queries and known:
-            tuned = torch.as_tensor(self.shown_source) == 0
+            tuned = torch.as_tensor(self.shown_source) != BASE  # the agent's own queries (a served base draw too)
             yt, wt = y.cpu()[tuned], w[tuned]
             self.tuned_y = torch.cat([self.tuned_y, yt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
             self.tuned_w = torch.cat([self.tuned_w, wt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]

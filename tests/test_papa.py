@@ -201,7 +201,6 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"filter_queries": True, "generate_candidates": 4, "tuned_candidates": 3},
         {"generate_base_candidates": 4, "generate_candidates": 4},  # needs generate_strata
         {"generate_base_candidates": -1, "generate_candidates": 4, "generate_strata": 4},
-        {"generate_base_candidates": 4, "generate_candidates": 4, "generate_strata": 4, "filter_queries": True},
         {"generate_strata_mass": True, "generate_candidates": 4, "generate_strata": 4},  # needs the base's draws
     ],
 )

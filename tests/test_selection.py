@@ -688,7 +688,7 @@ def test_filter_queries_shows_the_filters_picks_of_the_tuned_model_and_resumes_t
         queries = torch.as_tensor(agent.propose(torch.Generator().manual_seed(step)))
         assert agent.shown_source.tolist() == [0] * 5 + [1] * 5
         g = torch.Generator().manual_seed(step)
-        assert torch.equal(queries[:5], agent.generate(5, g, continue_quota=True))  # the filter's picks, first
+        assert torch.equal(queries[:5], agent._generate(5, g, continue_quota=True)[0])  # the filter's picks, first
         assert torch.equal(queries[5:], sample(agent.base, 5, generator=g, **agent.sampling))  # then the base's
         bright_tuned += (queries[:5].mean((1, 2, 3)) > level).tolist()
         bright_base += (queries[5:].mean((1, 2, 3)) > level).tolist()
@@ -726,3 +726,55 @@ def test_filtered_queries_continue_the_strata_quota_over_the_tuned_queries_repli
     assert torch.equal(seen[-1].double(), expected) and float(expected.sum()) == 20
     agent.generate(10, torch.Generator().manual_seed(9))  # an evaluation's samples: a quota of their own
     assert float(seen[-1].sum()) == 0
+
+
+def test_filtered_queries_served_from_the_base_count_as_the_agents_own_not_as_base_queries(tiny_unet, monkeypatch):
+    """``filter_queries`` with ``generate_base_candidates``: a tuned query's place the filter fills with a base draw
+    is recorded as served (SERVED_BASE): it joins the quota of the queries served and the agent's own like-rate
+    (``fewer_base_queries``), not the strata's like-rates, which stay those of the base queries drawn as drawn."""
+    import papa_env.agents.papa as papa_module
+    from papa_env.agents.papa import BASE, SERVED_BASE, TUNED
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5, "reply_baseline": 50,
+              "fewer_base_queries": True, "generate_candidates": 2, "generate_strata": 2}  # fmt: skip
+    cfg = PAPAConfig(**common, generate_base_candidates=3, generate_strata_mass=True, filter_queries=True)
+    agent = PAPA(tiny_unet, cfg)
+    level = float(agent.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    real = papa_module.stratified_pick
+
+    def two_backups_first(score, strata, shares, n, counts, backup):  # the filter's pick, forced to serve the base
+        assert len(real(score, strata, shares, n, counts, backup)) == n
+        return torch.cat([backup.nonzero().flatten()[:2], (~backup).nonzero().flatten()[: n - 2]])
+
+    monkeypatch.setattr(papa_module, "stratified_pick", two_backups_first)
+    served = 0
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        queries = torch.as_tensor(agent.propose(g))
+        source, n_base = agent.shown_source.tolist(), agent.base_count()
+        if not bool((agent.buffer_y > 0).any()):
+            assert source == [TUNED] * (10 - n_base) + [BASE] * n_base  # no like yet: no strata, nothing served
+        else:
+            assert source == [SERVED_BASE] * 2 + [TUNED] * (8 - n_base) + [BASE] * n_base
+            g = torch.Generator().manual_seed(step)  # the candidates again: 2 x tuned draws, then the base's
+            for _ in range(2):
+                sample(agent.policy, 10 - n_base, generator=g, **agent.sampling)
+            base_draws = sample(agent.base, 3 * (10 - n_base), generator=g, **agent.sampling)
+            assert all(bool(((base_draws - x).abs().amax((1, 2, 3)) == 0).any()) for x in queries[:2])
+            served += 2
+        tuned_before = len(agent.tuned_y)
+        replies = user.reply(queries, rng)
+        agent.learn(queries.numpy(), replies)
+        assert len(agent.tuned_y) == min(50, tuned_before + 10 - n_base)  # served base draws are the agent's own
+    assert served >= 4 and int((agent.buffer_src == SERVED_BASE).sum()) == served
+    centroids, _ = agent.strata_of_likes()
+    bank, base, liked = agent.reward_fit[2], agent.buffer_src == BASE, agent.buffer_y > 0
+    of = lambda f: torch.cdist(f.double(), centroids.double()).argmin(1)  # noqa: E731
+    n, likes = (torch.bincount(of(bank[base & m]), minlength=2).double() for m in (torch.ones_like(liked), liked))
+    assert torch.allclose(agent.strata_rates, (likes / n).nan_to_num(0.0))  # the base queries' like-rates alone
+    seen = {}
+    monkeypatch.setattr(papa_module, "stratified_pick", lambda *a: seen.update(args=a) or real(*a))
+    agent.propose(torch.Generator().manual_seed(9))
+    served_or_tuned = torch.bincount(of(bank[agent.buffer_src != BASE]), minlength=2).double()
+    assert torch.equal(seen["args"][4].double(), served_or_tuned)  # the quota continues over everything served
