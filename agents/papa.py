@@ -413,7 +413,9 @@ class PAPA:
         the base's predicted likes where the tuned model's fall short)."""
         return self._generate(n, generator)[0]
 
-    def _generate(self, n: int, generator: torch.Generator, continue_quota: bool = False):
+    def _generate(
+        self, n: int, generator: torch.Generator, continue_quota: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`generate`'s samples (n, ...) and which of them the base model drew (n,) bool; ``continue_quota``:
         the strata quota counts the queries served so far (not the base queries), so a few queries at a time follow
         it over a session."""
