@@ -44,6 +44,7 @@ LOSSES = ("loss", "losses/pref", "losses/model")
 # Where a query came from: the tuned model, the frozen base as a base query, or a base draw the filter served in a
 # tuned query's place (filter_queries with generate_base_candidates: the agent's own query, not a base query)
 TUNED, BASE, SERVED_BASE = 0, 1, 2
+BANK_CHUNK = 50  # filter_queries_bank: base draws added to the bank at a time
 
 
 @dataclass
@@ -146,6 +147,12 @@ class PAPAConfig:
     generate_base_candidates, a stratum the tuned model cannot fill takes the base's predicted likes, recorded as
     served, not as base queries), so a person is shown more of what they like; the base model's queries stay as
     drawn. What is learned from is then the filter's choice"""
+    filter_queries_bank: int = 0
+    """with filter_queries and generate_base_candidates: the base draws a tuned query's place can be filled from are
+    a bank of at least this many base samples never shown (a seeded stream drawn in chunks of 50: a served one is
+    never offered again, a chunk more is drawn when too few are left), and with generate_strata_mass the base's mass
+    is counted over every draw of the bank: a few base draws an interaction instead of generate_base_candidates x n
+    (0: fresh draws each interaction, as for the evaluation's samples)"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -195,6 +202,8 @@ class PAPAConfig:
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
              and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
              "or tuned_candidates", ("filter_queries",)),
+            (lambda v: v == 0 or v > 0 and self.filter_queries and self.generate_base_candidates > 0, "0, or > 0 with "
+             "filter_queries and generate_base_candidates", ("filter_queries_bank",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -341,6 +350,9 @@ class PAPA:
         self.reward_fit: tuple[int, Any, torch.Tensor] = (0, None, torch.zeros(0))  # replies fitted, fit, features
         self.buffer_src = torch.zeros(0)  # where each reply of the buffer came from
         self.strata_rates = torch.zeros(0)  # generate_strata: each stratum's like-rate among the base queries
+        self.bank_x, self.bank_f = torch.zeros(0), torch.zeros(0)  # filter_queries_bank: its draws, their features
+        self.bank_used = torch.zeros(0, dtype=torch.long)  # ... the indices of those shown (a function of the replies)
+        self.shown_bank: np.ndarray | None = None  # ... the bank index of each proposed query (-1: not the bank's)
         self.liked_strata: tuple[int, torch.Tensor, torch.Tensor] = (0, torch.zeros(0), torch.zeros(0))  # with
         # generate_strata: (replies, centroids, shares) of the liked base queries, recomputed as replies come in
         if config.base_strata:  # its own generator: the same strata when a resumed session rebuilds the agent
@@ -355,13 +367,15 @@ class PAPA:
         n_base = self.base_count()
         n_tuned, drawn_tuned, drawn = m - n_base, (m - n_base) * c.tuned_candidates, n_base * c.base_candidates
         if c.filter_queries and n_tuned and len(self.buffer_y):  # the tuned queries through the reward filter
-            tuned, backfilled = self._generate(n_tuned, generator, continue_quota=True)
+            tuned, backfilled, bank_index = self._generate(n_tuned, generator, continue_quota=True)
             base = sample(self.base, drawn, generator=generator, **self.sampling) if drawn else tuned[:0]
             source = torch.cat([torch.where(backfilled, SERVED_BASE, TUNED), torch.full((drawn,), BASE)])
             pool = Pool(torch.cat([tuned, base]), source, torch.zeros(n_tuned + drawn, 0))
+            bank_index = torch.cat([bank_index, torch.full((drawn,), -1)])
         else:
             pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
                              **self.sampling)  # fmt: skip
+            bank_index = torch.full((len(pool.images),), -1)
         keep_tuned = torch.arange(drawn_tuned)
         if drawn_tuned > n_tuned:  # keep n_tuned: spread over the tuned model's candidates
             keep_tuned = k_center(self.base_features(pool.images[keep_tuned]), n_tuned)
@@ -375,8 +389,10 @@ class PAPA:
                 keep = keep[spread_from(feats, self.shown_base, n_base)]
         if drawn_tuned > n_tuned or drawn > n_base:
             pool = Pool(*(v[torch.cat([keep_tuned, keep])] for v in pool))
+            bank_index = bank_index[torch.cat([keep_tuned, keep])]
         chosen = self.selector.select(pool, c.queries_per_step, generator)
         self.shown_source = pool.source[chosen].numpy()
+        self.shown_bank = bank_index[chosen].numpy() if c.filter_queries_bank else None
         inclusion = self.selector.inclusion(pool, c.queries_per_step)
         if inclusion is not None:  # Horvitz-Thompson: K / (M pi), 1 for K drawn at random from M
             self.shown_weight = (c.queries_per_step / (len(pool.images) * inclusion[chosen])).float().numpy()
@@ -401,11 +417,13 @@ class PAPA:
     def proposal_state(self) -> dict[str, np.ndarray]:  # persisted with the replies: which model drew each query
         needed = self.cfg.fewer_base_queries or self.cfg.base_candidates > 1 or self.cfg.filter_queries
         state = {"source": self.shown_source} if needed and self.shown_source is not None else {}
+        state |= {"bank": self.shown_bank} if self.shown_bank is not None else {}
         return state | ({"weight": self.shown_weight} if self.shown_weight is not None else {})
 
     def restore_proposal(self, state: dict[str, np.ndarray]) -> None:
         self.shown_source = np.asarray(state["source"]) if "source" in state else None
         self.shown_weight = np.asarray(state["weight"]) if "weight" in state else None
+        self.shown_bank = np.asarray(state["bank"]) if "bank" in state else None
 
     def generate(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` samples of the tuned model; with ``generate_candidates`` > 1, filtered by :meth:`predicted_reply`
@@ -415,26 +433,32 @@ class PAPA:
 
     def _generate(
         self, n: int, generator: torch.Generator, continue_quota: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`generate`'s samples (n, ...) and which of them the base model drew (n,) bool; ``continue_quota``:
-        the strata quota counts the queries served so far (not the base queries), so a few queries at a time follow
-        it over a session."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`generate`'s samples (n, ...), which of them the base model drew (n,) bool and their bank indices
+        (n,) (-1: not the bank's); ``continue_quota`` (the queries): the strata quota counts the queries served so far
+        (not the base queries), so a few queries at a time follow it over a session, and with
+        ``filter_queries_bank`` the base's candidates are the bank's unshown draws."""
 
         def draw(count: int) -> torch.Tensor:
             return sample(self.policy, count, generator=generator, **self.sampling)
 
-        tuned_only = torch.zeros(n, dtype=torch.bool)
+        tuned_only, no_bank = torch.zeros(n, dtype=torch.bool), torch.full((n,), -1)
         if self.cfg.generate_candidates == 1 or not len(self.buffer_y):
-            return draw(n), tuned_only
+            return draw(n), tuned_only, no_bank
         if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
-            return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates), tuned_only
+            return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates), tuned_only, no_bank
         images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
-        tuned = len(images)
-        if self.cfg.generate_base_candidates:
+        tuned, banked = len(images), continue_quota and self.cfg.filter_queries_bank > 0
+        if self.cfg.generate_base_candidates and not banked:
             extra = sample(self.base, self.cfg.generate_base_candidates * n, generator=generator, **self.sampling)
             images = torch.cat([images, extra])
         reward = self.reward_model()
         features = torch.cat([self.reward_features(x) for x in images.split(250)])
+        bank_index = torch.full((len(images),), -1)
+        if banked:  # the base's candidates: the bank's draws not yet shown
+            unused = self.base_bank()
+            images, features = torch.cat([images, self.bank_x[unused]]), torch.cat([features, self.bank_f[unused]])
+            bank_index = torch.cat([bank_index, unused])
         members = reward.scores(features)
         score = self._filter_score(members)
         backup = torch.arange(len(images)) >= tuned  # the base's candidates, by the ensemble's mean
@@ -444,11 +468,31 @@ class PAPA:
         counts = torch.zeros(len(shares))
         if continue_quota and len(self.buffer_src) == len(self.buffer_y):
             counts = self._stratum_counts(self.reward_fit[2][self.buffer_src.cpu() != BASE], centroids)
-        if self.cfg.generate_strata_mass:  # the base's mass in each stratum, from this call's free draws
-            shares = torch.bincount(strata[backup], minlength=len(shares)).double() * self.strata_rates
+        if self.cfg.generate_strata_mass:  # the base's mass in each stratum, from this call's free draws (the bank's)
+            mass = torch.cdist(self.bank_f.double(), centroids.double()).argmin(1) if banked else strata[backup]
+            shares = torch.bincount(mass, minlength=len(shares)).double() * self.strata_rates
             shares = shares / shares.sum().clamp_min(1e-12)
         picked = stratified_pick(score, strata, shares, n, counts, backup)
-        return images[picked], backup[picked]
+        return images[picked], backup[picked], bank_index[picked]
+
+    def base_bank(self) -> torch.Tensor:
+        """``filter_queries_bank``: the indices of the bank's draws (``bank_x``, their reward features ``bank_f``)
+        neither shown nor proposed and waiting for replies; at least ``filter_queries_bank`` of them, chunks of
+        ``BANK_CHUNK`` more drawn from the seeded stream as needed. The bank is a function of the seed and of how many
+        were shown: a resumed agent rebuilds the same."""
+        excluded = self.bank_used
+        if self.shown_bank is not None:  # proposed, the replies not yet learned (a round looked ahead)
+            pending = torch.as_tensor(self.shown_bank, dtype=torch.long)
+            excluded = torch.cat([excluded, pending[pending >= 0]])
+        while len(self.bank_x) - len(excluded.unique()) < self.cfg.filter_queries_bank:
+            g = torch.Generator().manual_seed((self.cfg.seed + 1) * 1_000_003 + len(self.bank_x) // BANK_CHUNK)
+            x = sample(self.base, BANK_CHUNK, generator=g, **self.sampling)
+            f = self.reward_features(x)
+            self.bank_x = torch.cat([self.bank_x.view(-1, *x.shape[1:]).to(x), x])
+            self.bank_f = torch.cat([self.bank_f.view(-1, f.shape[1]).to(f), f])
+        unused = torch.ones(len(self.bank_x), dtype=torch.bool)
+        unused[excluded] = False
+        return unused.nonzero().flatten()
 
     def strata_of_likes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, D) centroids and (S,) shares: k-means (``generate_strata``) of the base UNet's features of every
@@ -562,7 +606,10 @@ class PAPA:
             yt, wt = y.cpu()[tuned], w[tuned]
             self.tuned_y = torch.cat([self.tuned_y, yt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
             self.tuned_w = torch.cat([self.tuned_w, wt[yt != 0]])[-(self.cfg.reply_baseline or 1) :]
-        self.shown_source, self.shown_weight = None, None
+        if self.shown_bank is not None and len(self.shown_bank) == len(y):  # the bank's draws shown: never again
+            shown = torch.as_tensor(self.shown_bank, dtype=torch.long)
+            self.bank_used = torch.cat([self.bank_used, shown[shown >= 0]])
+        self.shown_source, self.shown_weight, self.shown_bank = None, None, None
         return stats
 
     def _batches(self, x0: torch.Tensor, y: torch.Tensor, w: torch.Tensor, extra: int = 0):
@@ -597,7 +644,8 @@ class PAPA:
                 "updates": self.updates, "buffer_x": self.buffer_x.clone(), "buffer_y": self.buffer_y.clone(),
                 "config": asdict(self.cfg), "selector": self.selector.state_dict(), "tuned_y": self.tuned_y.clone(),
                 "shown_base": self.shown_base.clone(), "buffer_src": self.buffer_src.clone(),
-                "buffer_w": self.buffer_w.clone(), "tuned_w": self.tuned_w.clone(), **ema}  # fmt: skip
+                "buffer_w": self.buffer_w.clone(), "tuned_w": self.tuned_w.clone(), "bank_used": self.bank_used.clone(),
+                **ema}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -610,6 +658,7 @@ class PAPA:
         self.buffer_src = state.get("buffer_src", torch.zeros(0))  # absent before generate_strata: all likes count
         self.buffer_w = state.get("buffer_w", torch.ones(len(self.buffer_y)))  # absent before "proportional": all 1
         self.tuned_w = state.get("tuned_w", torch.ones(len(self.tuned_y)))
+        self.bank_used = state.get("bank_used", torch.zeros(0, dtype=torch.long))  # absent before filter_queries_bank
         self.reward_fit = (0, None, torch.zeros(0))  # refitted from the restored replies when next asked
         self.liked_strata = (0, torch.zeros(0), torch.zeros(0))
         if self.ema is not None:

@@ -778,3 +778,66 @@ def test_filtered_queries_served_from_the_base_count_as_the_agents_own_not_as_ba
     agent.propose(torch.Generator().manual_seed(9))
     served_or_tuned = torch.bincount(of(bank[agent.buffer_src != BASE]), minlength=2).double()
     assert torch.equal(seen["args"][4].double(), served_or_tuned)  # the quota continues over everything served
+
+
+def test_filtered_queries_fill_from_a_bank_of_base_draws_each_shown_once_and_resume_the_same(tiny_unet, monkeypatch):
+    """``filter_queries_bank``: a tuned query's place the filter fills from the base takes one of the bank's unshown
+    draws (no fresh base candidates per call), a draw shown (or proposed and waiting for replies) is never offered
+    again, the bank grows by seeded chunks to keep its unshown count, the strata's base mass is counted over all of
+    its draws, and a restored agent rebuilds the same bank and proposes the same."""
+    import papa_env.agents.papa as papa_module
+    from papa_env.agents.papa import BANK_CHUNK, BASE, SERVED_BASE, TUNED
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5,
+              "generate_candidates": 2, "generate_strata": 2, "generate_base_candidates": 3,
+              "generate_strata_mass": True, "filter_queries": True}  # fmt: skip
+    cfg = PAPAConfig(**common, filter_queries_bank=48)  # one chunk of 50 at first: a second once 3 are shown
+    agent = PAPA(tiny_unet, cfg)
+    level = float(agent.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    real, seen = papa_module.stratified_pick, {}
+
+    def three_backups_first(score, strata, shares, n, counts, backup):  # the filter's pick, forced to serve the bank
+        seen.update(candidates=len(score), backups=int(backup.sum()), shares=shares, strata=strata[backup])
+        assert len(real(score, strata, shares, n, counts, backup)) == n
+        return torch.cat([backup.nonzero().flatten()[:3], (~backup).nonzero().flatten()[: n - 3]])
+
+    monkeypatch.setattr(papa_module, "stratified_pick", three_backups_first)
+    shown = []
+    for step in range(4):
+        g = torch.Generator().manual_seed(step)
+        queries = torch.as_tensor(agent.propose(g))
+        if not bool((agent.buffer_y > 0).any()):
+            assert agent.shown_source.tolist() == [TUNED] * 5 + [BASE] * 5 and agent.shown_bank.tolist() == [-1] * 10
+        else:
+            assert agent.shown_source.tolist() == [SERVED_BASE] * 3 + [TUNED] * 2 + [BASE] * 5
+            ids = torch.as_tensor(agent.shown_bank[:3])
+            assert agent.shown_bank[3:].tolist() == [-1] * 7 and torch.equal(queries[:3], agent.bank_x[ids])
+            assert seen["candidates"] == 2 * 5 + seen["backups"] and seen["backups"] >= 48  # no fresh base draws
+            assert seen["backups"] == len(agent.bank_x) - len(shown)  # every unshown draw offered
+            g = torch.Generator().manual_seed(step)  # the stream: 2 x 5 tuned candidates, then the base queries
+            for _ in range(2):
+                sample(agent.policy, 5, generator=g, **agent.sampling)
+            assert torch.equal(queries[5:], sample(agent.base, 5, generator=g, **agent.sampling))
+            centroids, _ = agent.strata_of_likes()  # the mass: every draw of the bank, the shown ones too
+            mass = torch.bincount(torch.cdist(agent.bank_f.double(), centroids.double()).argmin(1), minlength=2)
+            expected = mass.double() * agent.strata_rates
+            assert torch.allclose(seen["shares"], expected / expected.sum())
+            shown += ids.tolist()
+        agent.learn(queries.numpy(), user.reply(queries, rng))
+        assert sorted(agent.bank_used.tolist()) == sorted(shown)
+    assert len(shown) == 9 == len(set(shown)) and len(agent.bank_x) == 2 * BANK_CHUNK  # grown by a chunk
+    assert int((agent.buffer_src == SERVED_BASE).sum()) <= 9  # (skipped replies leave the buffer, not the bank)
+    first = torch.as_tensor(agent.propose(torch.Generator().manual_seed(7)))  # a round proposed, not yet replied to
+    pending = agent.shown_bank[:3].tolist()
+    state, proposal = agent.state_dict(), agent.proposal_state()
+    agent.propose(torch.Generator().manual_seed(8))  # the round after it (a lookahead): other draws of the bank
+    assert not set(agent.shown_bank[:3].tolist()) & set(pending + shown)
+    restored = PAPA(tiny_unet, cfg)  # an empty bank: rebuilt from the seed and the shown count
+    restored.load_state_dict(state)
+    restored.restore_proposal({"source": np.array([0] * 10)})  # (no bank pending)
+    again = torch.as_tensor(restored.propose(torch.Generator().manual_seed(7)))
+    assert torch.equal(again, first) and restored.shown_bank.tolist() == pending + [-1] * 7
+    assert torch.equal(restored.bank_x, agent.bank_x[: len(restored.bank_x)])
+    restored.learn(again.numpy(), np.array(proposal["source"]) * 0 + 1)  # learn marks the bank's draws shown
+    assert sorted(restored.bank_used.tolist()) == sorted(shown + pending)
