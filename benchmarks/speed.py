@@ -3,6 +3,7 @@
     python -m benchmarks.speed                                   # epapa vs faithful, 30 vs 3 interactions
     python -m benchmarks.speed --preset papa --reference faithful --reference-interactions 2
     python -m benchmarks.speed --preset epapa,papa --sequential-too   # several, interleaved
+    python -m benchmarks.speed --variant 'filtered={"generate_candidates": 4}'  # + epapa with these fields changed
 
 The issue's speed goal: the fast default and `faithful` timed in the same run on the same model, their ratio
 >= 50x. On a shared 2-core VM the machine's speed drifts by tens of percent within minutes (here `faithful`
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 import papa_env  # noqa: F401  (registers the ids)
-from papa_env.agents.papa import PAPA, PRESETS
+from papa_env.agents.papa import PAPA, PRESETS, PAPAConfig
 from papa_env.evaluation import Evaluator
 from papa_env.models import load_pretrained
 
@@ -41,17 +42,27 @@ class _Session:
 
     ``sequential_sampling``: the agent's base-model and tuned queries are drawn one model after the other
     instead of side by side (:func:`papa_env.diffusion.sample_many`): the same session, the old sampler.
+    ``variant``: (label, config fields changed from the preset's).
     """
 
-    def __init__(self, env_id: str, preset: str, seed: int, sequential_sampling: bool = False) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        preset: str,
+        seed: int,
+        sequential_sampling: bool = False,
+        variant: tuple[str, dict] = ("", {}),
+    ) -> None:
         self.env = gym.make(env_id)
         self.env.reset(seed=seed)
-        self.agent = PAPA(load_pretrained(self.env.unwrapped.base_model), replace(PRESETS[preset], seed=seed))
+        config = replace(PRESETS[preset], seed=seed, **variant[1])
+        self.agent = PAPA(load_pretrained(self.env.unwrapped.base_model), config)
         self.agent.side_by_side = not sequential_sampling
         self.gen = torch.Generator().manual_seed(seed)
         self.preset = preset
         self.sequential_sampling = sequential_sampling
-        self.label = preset + (" (models one after the other)" if sequential_sampling else "")
+        self.label = preset + (f"+{variant[0]}" if variant[0] else "")
+        self.label += " (models one after the other)" if sequential_sampling else ""
         self.sample_s: list[float] = []
         self.learn_s: list[float] = []
 
@@ -88,12 +99,21 @@ def main(argv: list[str] | None = None) -> dict:
         help="also time the fast preset with its two models sampled one after the other (the sampler before "
         "sample_many), interleaved with the others",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="also time the first preset with these config fields changed (a JSON object), labelled preset+LABEL; "
+        "repeatable, each interleaved with the others",
+    )
     p.add_argument("--out", default="runs/benchmarks/speed.json")
     a = p.parse_args(argv)
     presets = a.preset.split(",")
     for name in (*presets, a.reference):
         if name not in PRESETS:
             raise SystemExit(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    variants = [_variant(text, PRESETS[presets[0]]) for text in a.variant]
     if a.interactions < a.reference_interactions or a.reference_interactions < 1:
         raise SystemExit("need --interactions >= --reference-interactions >= 1")
     if a.threads:
@@ -101,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     slow = _Session(a.env, a.reference, a.seed)
     fasts = [_Session(a.env, name, a.seed) for name in presets]
     fast = fasts[0]  # the ratio of the summary line and of each block
+    fasts += [_Session(a.env, presets[0], a.seed, variant=v) for v in variants]
     sessions = [slow, *fasts] + (
         [_Session(a.env, presets[0], a.seed, sequential_sampling=True)] if a.sequential_too else []
     )
@@ -164,6 +185,22 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(f"ratio {result['ratio']:.1f}x (per block: {', '.join(f'{r:.1f}' for r in block_ratios)}); written to {out}")
     return result
+
+
+def _variant(text: str, preset: PAPAConfig) -> tuple[str, dict]:
+    """``LABEL=JSON`` -> (label, fields), checked now (a bad one stops the run before any session is built)."""
+    label, sep, fields = text.partition("=")
+    try:
+        changes = json.loads(fields) if sep and label else None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--variant {text!r}: the part after '=' is not JSON ({err})") from None
+    if not isinstance(changes, dict):
+        raise SystemExit(f"--variant {text!r}: expected LABEL={{JSON object of PAPAConfig fields}}")
+    try:
+        replace(preset, **changes)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--variant {text!r}: {err}") from None
+    return label, changes
 
 
 def _cpu_name() -> str:

@@ -28,6 +28,23 @@ def test_speed_benchmark_interleaves_the_presets_and_reports_their_ratio(tmp_pat
         ["--preset", "nope"],
         ["--preset", "epapa,nope"],
         ["--interactions", "1", "--reference-interactions", "2"],
+        ["--variant", "filtered"],  # no JSON
+        ["--variant", "filtered={generate_candidates: 4}"],  # not JSON
+        ["--variant", "filtered=[4]"],  # not an object
+        ["--variant", 'filtered={"nope": 4}'],  # not a field
+        ["--variant", 'filtered={"generate_candidates": 0}'],  # a field's bad value
     ):
         with pytest.raises(SystemExit):
             speed.main([*bad, "--out", str(out)])
+
+
+def test_speed_benchmark_times_a_variant_of_the_preset_beside_it(tmp_path) -> None:
+    """``--variant LABEL=JSON``: the first preset with these fields changed, interleaved and labelled preset+LABEL."""
+    out = tmp_path / "speed.json"
+    argv = ["--preset", "epapa", "--reference", "papa", "--interactions", "2", "--reference-interactions", "1"]
+    argv += ["--eval-samples", "4", "--variant", 'fewer={"base_queries": 2, "fewer_base_queries": false}']
+    result = speed.main([*argv, "--out", str(out)])
+    per = result["seconds_per_interaction"]
+    assert set(per) == {"papa", "epapa", "epapa+fewer"} and result["ratio"] == pytest.approx(per["papa"] / per["epapa"])
+    assert result["ratios"]["epapa+fewer"] == pytest.approx(per["papa"] / per["epapa+fewer"])
+    assert result["like_rate"]["epapa+fewer"]["replies"] == 20
