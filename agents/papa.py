@@ -26,6 +26,7 @@ from papa_env.agents.selection import (
     Pool,
     UNetFeatures,
     draw_pool,
+    inclusion_probabilities,
     k_center,
     kmeans,
     make_features,
@@ -34,6 +35,7 @@ from papa_env.agents.selection import (
     rejection_draw,
     spread_from,
     stratified_pick,
+    systematic_sample,
 )
 from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
@@ -153,6 +155,12 @@ class PAPAConfig:
     never offered again, a chunk more is drawn when too few are left), and with generate_strata_mass the base's mass
     is counted over every draw of the bank: a few base draws an interaction instead of generate_base_candidates x n
     (0: fresh draws each interaction, as for the evaluation's samples)"""
+    bank_base_queries: bool = False
+    """with filter_queries_bank: the base model's queries are the bank's unshown draws too, drawn at random with
+    known inclusion probabilities pi, higher for the predicted likes (selection.inclusion_probabilities of the reward
+    ensemble's mean: 0.3 of them uniform; systematic sampling), each reply weighted by n / (M pi) for M unshown draws
+    (Horvitz-Thompson: in the update, the reply baseline and the strata's like-rates, as if drawn at random), so a
+    person is shown more liked base images without biasing what the strata learn of the base"""
     ema_decay: float | None = None
     """queries and samples come from a moving average of the tuned weights at this decay (None: the latest)"""
     ema_start: int = 0
@@ -204,6 +212,8 @@ class PAPAConfig:
              "or tuned_candidates", ("filter_queries",)),
             (lambda v: v == 0 or v > 0 and self.filter_queries and self.generate_base_candidates > 0, "0, or > 0 with "
              "filter_queries and generate_base_candidates", ("filter_queries_bank",)),
+            (lambda v: not v or self.filter_queries_bank > 0 and self.base_candidates == 1, "False, or True with "
+             "filter_queries_bank and no base_candidates", ("bank_base_queries",)),
             (lambda v: v == 0 or v > 0 and self.reply_baseline and self.updates_per_interaction, ">= 0, and 0 without "
              "reply_baseline and updates_per_interaction", ("catch_up_updates",)),
             (lambda v: not v or bool(self.reply_baseline and self.base_queries), "False without reply_baseline and "
@@ -368,10 +378,14 @@ class PAPA:
         n_tuned, drawn_tuned, drawn = m - n_base, (m - n_base) * c.tuned_candidates, n_base * c.base_candidates
         if c.filter_queries and n_tuned and len(self.buffer_y):  # the tuned queries through the reward filter
             tuned, backfilled, bank_index = self._generate(n_tuned, generator, continue_quota=True)
-            base = sample(self.base, drawn, generator=generator, **self.sampling) if drawn else tuned[:0]
+            weight, base_index = torch.ones(n_tuned + drawn), torch.full((drawn,), -1)
+            if c.bank_base_queries and drawn:  # the bank's draws, the predicted likes more often
+                base, base_index, weight[n_tuned:] = self._bank_base_queries(drawn, bank_index, generator)
+            else:
+                base = sample(self.base, drawn, generator=generator, **self.sampling) if drawn else tuned[:0]
             source = torch.cat([torch.where(backfilled, SERVED_BASE, TUNED), torch.full((drawn,), BASE)])
             pool = Pool(torch.cat([tuned, base]), source, torch.zeros(n_tuned + drawn, 0))
-            bank_index = torch.cat([bank_index, torch.full((drawn,), -1)])
+            bank_index = torch.cat([bank_index, base_index])
         else:
             pool = draw_pool(self.policy, self.base, drawn_tuned, drawn, self.features, generator, self.side_by_side,
                              **self.sampling)  # fmt: skip
@@ -396,6 +410,8 @@ class PAPA:
         inclusion = self.selector.inclusion(pool, c.queries_per_step)
         if inclusion is not None:  # Horvitz-Thompson: K / (M pi), 1 for K drawn at random from M
             self.shown_weight = (c.queries_per_step / (len(pool.images) * inclusion[chosen])).float().numpy()
+        elif c.bank_base_queries and c.filter_queries and n_tuned and len(self.buffer_y):
+            self.shown_weight = weight[chosen].float().numpy()
         return pool.images[chosen].numpy()
 
     def stratum(self, features: torch.Tensor) -> torch.Tensor:
@@ -475,15 +491,27 @@ class PAPA:
         picked = stratified_pick(score, strata, shares, n, counts, backup)
         return images[picked], backup[picked], bank_index[picked]
 
-    def base_bank(self) -> torch.Tensor:
+    def _bank_base_queries(
+        self, n: int, taken: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``bank_base_queries``: n of the bank's unshown draws (not among ``taken``, bank indices), each with
+        probability pi (systematic sampling, predicted likes more often): (images, bank indices, n / (M pi))."""
+        unused = self.base_bank(taken)
+        liked = ((1 + self.reward_model().scores(self.bank_f[unused]).mean(0)) / 2).clamp(0, 1)
+        inclusion = inclusion_probabilities(liked, n)
+        chosen = systematic_sample(inclusion, generator)
+        return self.bank_x[unused[chosen]], unused[chosen], n / (len(unused) * inclusion[chosen])
+
+    def base_bank(self, taken: torch.Tensor | None = None) -> torch.Tensor:
         """``filter_queries_bank``: the indices of the bank's draws (``bank_x``, their reward features ``bank_f``)
-        neither shown nor proposed and waiting for replies; at least ``filter_queries_bank`` of them, chunks of
-        ``BANK_CHUNK`` more drawn from the seeded stream as needed. The bank is a function of the seed and of how many
-        were shown: a resumed agent rebuilds the same."""
+        neither shown, nor proposed and waiting for replies, nor among ``taken``; at least ``filter_queries_bank`` of
+        them, chunks of ``BANK_CHUNK`` more drawn from the seeded stream as needed. The bank is a function of the seed
+        and of how many were shown: a resumed agent rebuilds the same."""
         excluded = self.bank_used
-        if self.shown_bank is not None:  # proposed, the replies not yet learned (a round looked ahead)
-            pending = torch.as_tensor(self.shown_bank, dtype=torch.long)
-            excluded = torch.cat([excluded, pending[pending >= 0]])
+        for more in (self.shown_bank, taken):  # proposed, the replies not yet learned (a round looked ahead); taken
+            if more is not None:
+                more = torch.as_tensor(more, dtype=torch.long)
+                excluded = torch.cat([excluded, more[more >= 0]])
         while len(self.bank_x) - len(excluded.unique()) < self.cfg.filter_queries_bank:
             g = torch.Generator().manual_seed((self.cfg.seed + 1) * 1_000_003 + len(self.bank_x) // BANK_CHUNK)
             x = sample(self.base, BANK_CHUNK, generator=g, **self.sampling)
@@ -507,8 +535,9 @@ class PAPA:
             known = len(self.buffer_src) == len(liked)
             base = self.buffer_src == BASE if known else torch.zeros_like(liked)
             replies = base if bool((liked & base).any()) else torch.ones_like(liked)
-            counts = self._stratum_counts(bank[liked & replies], centroids)
-            n = self._stratum_counts(bank[replies], centroids)
+            w = self.buffer_w.double()  # 1, or (bank_base_queries) a base query's Horvitz-Thompson weight
+            counts = self._stratum_counts(bank[liked & replies], centroids, w[liked & replies])
+            n = self._stratum_counts(bank[replies], centroids, w[replies])
             a = self.cfg.generate_strata_prior
             shrunk = counts + a * counts.sum() / n.sum()  # a stratum's likes, shrunk toward the overall like-rate
             self.strata_rates = (shrunk / (n + a)).nan_to_num(0.0)  # its like-rate (generate_strata_mass)
@@ -518,10 +547,12 @@ class PAPA:
         return self.liked_strata[1], self.liked_strata[2]
 
     @staticmethod
-    def _stratum_counts(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-        """(S,) how many of ``features`` (N, D) fall nearest each centroid (S, D)."""
+    def _stratum_counts(
+        features: torch.Tensor, centroids: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(S,) how many of ``features`` (N, D) fall nearest each centroid (S, D) (their ``weights`` (N,) summed)."""
         strata = torch.cdist(features.double(), centroids.double()).argmin(1)
-        return torch.bincount(strata, minlength=len(centroids)).double()
+        return torch.bincount(strata, weights, minlength=len(centroids)).double()
 
     def predicted_reply(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) the filter's score of ``images``: the reward ensemble's mean predicted reply (about +1 like, -1

@@ -841,3 +841,55 @@ def test_filtered_queries_fill_from_a_bank_of_base_draws_each_shown_once_and_res
     assert torch.equal(restored.bank_x, agent.bank_x[: len(restored.bank_x)])
     restored.learn(again.numpy(), np.array(proposal["source"]) * 0 + 1)  # learn marks the bank's draws shown
     assert sorted(restored.bank_used.tolist()) == sorted(shown + pending)
+
+
+def test_base_queries_from_the_bank_favour_predicted_likes_and_weigh_their_replies_back(tiny_unet, monkeypatch):
+    """``bank_base_queries``: the base model's queries are the bank's unshown draws too, by systematic sampling with
+    inclusion probabilities pi from the reward ensemble's predicted likes; each reply weighs n / (M pi) in the update
+    and in the strata's like-rates (a weighted ratio per stratum); drawn ones are never offered again; a restored
+    agent proposes the same."""
+    import papa_env.agents.papa as papa_module
+    from papa_env.agents.papa import BASE
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5,
+              "generate_candidates": 2, "generate_strata": 2, "generate_base_candidates": 3,
+              "generate_strata_mass": True, "filter_queries": True, "filter_queries_bank": 48}  # fmt: skip
+    cfg = PAPAConfig(**common, bank_base_queries=True)
+    agent = PAPA(tiny_unet, cfg)
+    level = float(agent.generate(64, torch.Generator().manual_seed(9)).mean((1, 2, 3)).median())
+    user, rng = Bright(threshold=level), np.random.default_rng(0)
+    real, seen = papa_module.inclusion_probabilities, {}
+    monkeypatch.setattr(papa_module, "inclusion_probabilities", lambda liked, k: seen.update(
+        liked=liked, pi=real(liked, k)) or seen["pi"])  # fmt: skip
+    shown, weights = [], []
+    for step in range(4):
+        queries = torch.as_tensor(agent.propose(torch.Generator().manual_seed(step)))
+        base = agent.shown_source == BASE
+        if step == 0:  # no reply yet: drawn fresh, weight 1
+            assert agent.shown_bank.tolist() == [-1] * 10 and agent.shown_weight is None
+        else:
+            ids = torch.as_tensor(agent.shown_bank[base])
+            assert bool((ids >= 0).all()) and torch.equal(queries[base], agent.bank_x[ids])
+            unused = [i for i in range(len(agent.bank_x)) if i not in set(shown) | set(agent.shown_bank[~base])]
+            assert len(seen["liked"]) == len(unused) and not set(ids.tolist()) & set(shown)
+            scores = agent.reward_model().scores(agent.bank_f[torch.tensor(unused)]).mean(0)
+            assert torch.allclose(seen["liked"], ((1 + scores) / 2).clamp(0, 1))  # the predicted like chances
+            pi = seen["pi"][[unused.index(i) for i in ids.tolist()]]
+            assert np.allclose(agent.shown_weight[base], (5 / (len(unused) * pi)).numpy(), rtol=1e-5)
+            assert np.all(agent.shown_weight[~base] == 1)
+            shown += [int(i) for i in agent.shown_bank if i >= 0]
+            weights += agent.shown_weight[base].tolist()
+        agent.learn(queries.numpy(), user.reply(queries, rng))
+        assert sorted(agent.bank_used.tolist()) == sorted(shown)
+    assert len(set(weights)) > 1  # predicted likes drawn more often than the rest: unequal weights
+    centroids, _ = agent.strata_of_likes()
+    bank, base, liked, w = agent.reward_fit[2], agent.buffer_src == BASE, agent.buffer_y > 0, agent.buffer_w.double()
+    of = torch.cdist(bank.double(), centroids.double()).argmin(1)
+    n, likes = (torch.bincount(of[base & m], w[base & m], minlength=2) for m in (torch.ones_like(liked), liked))
+    assert torch.allclose(agent.strata_rates, (likes / n).nan_to_num(0.0))  # weighted like-rates of the base queries
+    state = agent.state_dict()
+    first = agent.propose(torch.Generator().manual_seed(7))
+    restored = PAPA(tiny_unet, cfg)
+    restored.load_state_dict(state)
+    assert np.array_equal(restored.propose(torch.Generator().manual_seed(7)), first)
+    assert np.array_equal(restored.shown_weight, agent.shown_weight)
