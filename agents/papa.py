@@ -37,7 +37,7 @@ from papa_env.agents.selection import (
     stratified_pick,
     systematic_sample,
 )
-from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample
+from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample, sample_calls
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
@@ -463,7 +463,8 @@ class PAPA:
             return draw(n), tuned_only, no_bank
         if not self.cfg.generate_strata or not bool((self.buffer_y > 0).any()):
             return rejection_draw(draw, self.predicted_reply, n, self.cfg.generate_candidates), tuned_only, no_bank
-        images = torch.cat([draw(n) for _ in range(self.cfg.generate_candidates)])  # the first n: the unfiltered
+        # generate_candidates calls' worth of draws in one batch (the first n: the unfiltered draw)
+        images = sample_calls(self.policy, [n] * self.cfg.generate_candidates, generator=generator, **self.sampling)
         tuned, banked = len(images), continue_quota and self.cfg.filter_queries_bank > 0
         if self.cfg.generate_base_candidates and not banked:
             extra = sample(self.base, self.cfg.generate_base_candidates * n, generator=generator, **self.sampling)

@@ -159,6 +159,66 @@ def sample(
     return torch.cat(out)
 
 
+def _draw_call(
+    shape: tuple[int, ...], n: int, sampler: str, eta: float, num_steps: int, generator: torch.Generator | None
+) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """The randomness ``sample(unet, n, ...)`` draws for images of ``shape``, in its order: (x_T, step noise) of each
+    of its batches (DDIM with eta > 0 only: other samplers draw inside the scheduler)."""
+    batches = []
+    for start in range(0, n, _BATCH):  # as sample() splits n
+        size = (min(_BATCH, n - start), *shape)
+        batches.append((torch.randn(size, generator=generator), _draw_noise(size, sampler, eta, num_steps, generator)))
+    return batches
+
+
+@torch.no_grad()
+def sample_calls(
+    unet: torch.nn.Module,
+    counts: Sequence[int],
+    *,
+    sampler: Literal["ddpm", "ddim"] = DEFAULT_SAMPLER,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    eta: float = DEFAULT_ETA,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The images of ``torch.cat([sample(unet, n, generator=generator, ...) for n in counts])``, denoised as one batch.
+
+    On a CPU a call's cost grows far slower than its images (one call of 20 costs ~3x one of 5), so an agent that
+    draws several small sets of candidates from one model (``PAPAConfig.generate_candidates``) draws them at once.
+    Every call's x_T and step noise is drawn from ``generator`` first, in the order those calls draw them, so the
+    images are theirs up to float rounding (the UNet's kernels may round a larger batch differently, ~1e-6). Falls
+    back to the calls themselves for DDPM, whose scheduler draws each step's noise itself.
+
+    Args:
+        unet: an epsilon-prediction model, as for :func:`sample`.
+        counts: images of each call, each >= 1.
+        sampler, num_steps, eta, generator: as for :func:`sample`.
+
+    Returns:
+        (sum(counts), C, H, W) float32 in [-1, 1].
+    """
+    if not len(counts) or any(n < 1 for n in counts):
+        raise ValueError(f"counts must be one or more counts, each >= 1, got {list(counts)}")
+    kw = dict(sampler=sampler, num_steps=num_steps, eta=eta, generator=generator)
+    if len(counts) == 1 or sampler != "ddim":
+        return torch.cat([sample(unet, n, **kw) for n in counts])
+    batches = [b for n in counts for b in _draw_call(_image_shape(unet), n, sampler, eta, num_steps, generator)]
+    x = torch.cat([b[0] for b in batches])
+    noise = [torch.cat([b[1][i] for b in batches]) for i in range(len(batches[0][1]))]  # none with eta 0
+    sched = make_sampling_scheduler(sampler, num_steps)
+    was_training, device = unet.training, next(unet.parameters()).device
+    unet.eval()
+    try:
+        out = [
+            _denoise(unet, sched, x[s : s + _BATCH].to(device), sampler, eta, None,
+                     [z[s : s + _BATCH].to(device) for z in noise]).cpu()
+            for s in range(0, len(x), _BATCH)
+        ]  # fmt: skip
+    finally:
+        unet.train(was_training)
+    return torch.cat(out)
+
+
 _POOL: ThreadPoolExecutor | None = None
 """Worker threads of :func:`sample_many`, kept across calls (each keeps its OpenMP team)."""
 _POOL_WORKERS = 0
@@ -205,15 +265,8 @@ def sample_many(
         kw = dict(sampler=sampler, num_steps=num_steps, eta=eta, generator=generator)
         return [sample(u, n, **kw) for u, n in zip(unets, counts)]
     sched = make_sampling_scheduler(sampler, num_steps)
-    streams: list[list[tuple[torch.Tensor, list[torch.Tensor]]]] = []
-    for u, n in zip(unets, counts):  # all the randomness first, in the order of the sequential calls
-        batches = []
-        for start in range(0, n, _BATCH):  # as sample() splits n
-            shape = (min(_BATCH, n - start), *_image_shape(u))
-            batches.append(
-                (torch.randn(shape, generator=generator), _draw_noise(shape, sampler, eta, num_steps, generator))
-            )
-        streams.append(batches)
+    # all the randomness first, in the order of the sequential calls
+    streams = [_draw_call(_image_shape(u), n, sampler, eta, num_steps, generator) for u, n in zip(unets, counts)]
     modes = [u.training for u in unets]
     for u in unets:  # in this thread: models may share submodules (EPAPA's tuned queries also run the base)
         u.eval()

@@ -151,6 +151,49 @@ def test_sample_many_falls_back_to_the_sequential_calls(two_unets, threads) -> N
         sample_many(two_unets, [2, 0])
 
 
+def test_sample_calls_are_the_separate_calls_drawn_as_one_batch(two_unets, threads, monkeypatch) -> None:
+    import papa_env.diffusion as diffusion
+
+    torch.set_num_threads(1)
+    unet = two_unets[0]
+    unet.train()
+    calls: list[int] = []
+    denoise = diffusion._denoise
+
+    def spy(unet, sched, x, *args):
+        calls.append(len(x))
+        return denoise(unet, sched, x, *args)
+
+    monkeypatch.setattr(diffusion, "_denoise", spy)
+    for kw in (dict(num_steps=5), dict(num_steps=3, eta=0.0)):  # step noise drawn, or none
+        g = torch.Generator().manual_seed(4)
+        ref = torch.cat([sample(unet, n, generator=g, **kw) for n in (2, 3, 2)])
+        calls.clear()
+        g2 = torch.Generator().manual_seed(4)
+        ours = diffusion.sample_calls(unet, [2, 3, 2], generator=g2, **kw)
+        assert calls == [7]  # one batch
+        assert torch.allclose(ours, ref, atol=1e-4) and not torch.equal(ours[:2], ours[2:4])  # rounding only
+        assert torch.equal(g2.get_state(), g.get_state()) and unet.training
+    monkeypatch.setattr(diffusion, "_BATCH", 4)  # more images than a batch: split as sample() splits, same images
+    g = torch.Generator().manual_seed(5)
+    ref = torch.cat([sample(unet, n, generator=g, num_steps=4, batch_size=4) for n in (5, 3)])
+    calls.clear()
+    ours = diffusion.sample_calls(unet, [5, 3], generator=torch.Generator().manual_seed(5), num_steps=4)
+    assert calls == [4, 4] and torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_sample_calls_falls_back_to_the_calls_for_ddpm_and_checks_its_counts(two_unets) -> None:
+    from papa_env.diffusion import sample_calls
+
+    g = torch.Generator().manual_seed(2)
+    ref = torch.cat([sample(two_unets[0], n, generator=g, sampler="ddpm", num_steps=3) for n in (1, 2)])
+    ours = sample_calls(two_unets[0], [1, 2], generator=torch.Generator().manual_seed(2), sampler="ddpm", num_steps=3)
+    assert torch.equal(ours, ref)
+    for bad in ([], [2, 0]):
+        with pytest.raises(ValueError, match="counts must be one or more counts, each >= 1"):
+            sample_calls(two_unets[0], bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # the agents' shared math
 
