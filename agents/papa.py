@@ -37,7 +37,7 @@ from papa_env.agents.selection import (
     stratified_pick,
     systematic_sample,
 )
-from papa_env.diffusion import SwitchedUNet, noise_schedule, q_sample, sample, sample_calls
+from papa_env.diffusion import SwitchedUNet, denoising_error, noise_schedule, q_sample, sample, sample_calls
 from papa_env.distributed import all_reduce_gradients, all_reduce_sum, shard
 from papa_env.models import SCHEDULER_CONFIG, weights_sha256
 
@@ -46,6 +46,7 @@ LOSSES = ("loss", "losses/pref", "losses/model")
 # Where a query came from: the tuned model, the frozen base as a base query, or a base draw the filter served in a
 # tuned query's place (filter_queries with generate_base_candidates: the agent's own query, not a base query)
 TUNED, BASE, SERVED_BASE = 0, 1, 2
+TYPICAL_T, TYPICAL_NOISES = 300, 2  # generate_typical: the base's denoising error at this t (quality_proxy.py)
 BANK_CHUNK = 50  # filter_queries_bank: base draws added to the bank at a time
 
 
@@ -140,6 +141,11 @@ class PAPAConfig:
     """with generate_base_candidates: a stratum's share is the base model's mass in it (its share of that call's
     base-model candidates) times its like-rate among the replied base queries (shrunk by generate_strata_prior), not
     its replied count times that rate: the base's proportions from free draws, not from the few queries replied to"""
+    generate_typical: bool = False
+    """with generate_strata: inside each stratum the predicted likes are taken the most typical of the base model
+    first (the lowest base-UNet denoising error at t = TYPICAL_T, TYPICAL_NOISES noises), not the likeliest first:
+    the strata still set how many of each kind, the base model's own loss which of them (a quality tie-break the
+    agent owns; it costs one base-UNet pass per candidate and noise)"""
     generate_feature_pool: int = 2
     """with generate_candidates > 1: the reward ensemble's space is the base UNet's mid-block features average-pooled
     to this many x this many (2: 257 features; 7, unpooled on 28 x 28 images: 3,137)"""
@@ -207,6 +213,8 @@ class PAPAConfig:
              ("generate_base_candidates",)),
             (lambda v: not v or self.generate_base_candidates > 0, "False, or True with generate_base_candidates > 0",
              ("generate_strata_mass",)),
+            (lambda v: not v or self.generate_strata > 1, "False, or True with generate_strata > 1",
+             ("generate_typical",)),
             (lambda v: not v or self.generate_candidates > 1 and self.selector == "random" and self.pool_size is None
              and self.tuned_candidates == 1, "False, or True with generate_candidates > 1 and no pool_size, selector "
              "or tuned_candidates", ("filter_queries",)),
@@ -489,6 +497,12 @@ class PAPA:
             mass = torch.cdist(self.bank_f.double(), centroids.double()).argmin(1) if banked else strata[backup]
             shares = torch.bincount(mass, minlength=len(shares)).double() * self.strata_rates
             shares = shares / shares.sum().clamp_min(1e-12)
+        if self.cfg.generate_typical:  # inside a stratum, the predicted likes the base model denoises best first
+            error = torch.cat(
+                [denoising_error(self.base, x, TYPICAL_T, TYPICAL_NOISES, generator) for x in images.split(250)]
+            )
+            liked = score > 0
+            score[liked] = (1 / (1 + error[liked])).to(score.dtype)  # > 0, as they were: only their order changes
         picked = stratified_pick(score, strata, shares, n, counts, backup)
         return images[picked], backup[picked], bank_index[picked]
 

@@ -326,6 +326,28 @@ def q_sample(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cump
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+@torch.no_grad()
+def denoising_error(
+    unet: torch.nn.Module, x0: torch.Tensor, t: int, noises: int = 2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) how badly ``unet`` denoises each image of ``x0`` (B, C, H, W) at timestep ``t``: the mean over ``noises``
+    draws of eps of ||eps_theta(x_t, t) - eps||^2 / (C H W), x_t by :func:`q_sample`. Low for an image typical of
+    the model (the diffusion loss of that one image at one t); noise drawn on the CPU from ``generator``."""
+    if not 0 <= t < len(noise_schedule()[0]) or noises < 1:
+        raise ValueError(f"t must be in [0, {len(noise_schedule()[0])}) and noises >= 1, got t={t}, noises={noises}")
+    device = next(unet.parameters()).device
+    abar, tt = noise_schedule()[0].to(device), torch.full((len(x0),), t, device=device)
+    was_training = unet.training
+    unet.eval()
+    error = torch.zeros(len(x0), device=device)
+    for _ in range(noises):
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        pred = unet(q_sample(x0.to(device), eps, tt, abar), tt).sample
+        error += ((pred - eps) ** 2).flatten(1).mean(1) / noises
+    unet.train(was_training)
+    return error.cpu()
+
+
 def elbo_weights(scheduler) -> torch.Tensor:
     """PAPA's per-timestep weights w_t of ||eps_theta(x_t, t) - eps||^2, shape (T,).
 

@@ -198,6 +198,24 @@ def test_sample_calls_falls_back_to_the_calls_for_ddpm_and_checks_its_counts(two
 # the agents' shared math
 
 
+def test_denoising_error_is_the_diffusion_loss_of_each_image_against_diffusers(tiny_unet) -> None:
+    from papa_env.diffusion import denoising_error
+    from papa_env.models import make_scheduler
+
+    x0 = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    g = torch.Generator().manual_seed(1)
+    expected = torch.zeros(3)
+    for _ in range(2):
+        eps = torch.randn(x0.shape, generator=g)
+        xt = make_scheduler().add_noise(x0, eps, torch.full((3,), 300))
+        expected += ((tiny_unet(xt, torch.full((3,), 300)).sample - eps) ** 2).mean((1, 2, 3)).detach() / 2
+    assert torch.allclose(denoising_error(tiny_unet, x0, 300, 2, torch.Generator().manual_seed(1)), expected, atol=1e-6)
+    assert not tiny_unet.training
+    for bad in ({"t": 1000}, {"t": -1}, {"t": 300, "noises": 0}):
+        with pytest.raises(ValueError, match="t must be in"):
+            denoising_error(tiny_unet, x0, **bad)
+
+
 def test_elbo_weights_against_diffusers_posterior_variance() -> None:
     from papa_env.diffusion import elbo_weights
 

@@ -202,6 +202,7 @@ def test_replies_and_config_errors(tiny_unet) -> None:
         {"generate_base_candidates": 4, "generate_candidates": 4},  # needs generate_strata
         {"generate_base_candidates": -1, "generate_candidates": 4, "generate_strata": 4},
         {"generate_strata_mass": True, "generate_candidates": 4, "generate_strata": 4},  # needs the base's draws
+        {"generate_typical": True, "generate_candidates": 4},  # needs generate_strata
         {"filter_queries_bank": 100, "generate_candidates": 4, "generate_strata": 4, "generate_base_candidates": 4},
         {"filter_queries_bank": 100, "generate_candidates": 4, "filter_queries": True},  # needs base candidates
         {"bank_base_queries": True, "generate_candidates": 4, "generate_strata": 4},  # needs filter_queries_bank

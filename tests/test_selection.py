@@ -565,6 +565,36 @@ def test_generate_backfills_strata_from_the_base_in_its_own_mass(tiny_unet, monk
     assert torch.allclose(seen["args"][2], without.strata_of_likes()[1])  # without the mass: the replied counts'
 
 
+def test_generate_typical_takes_the_base_models_most_typical_likes_within_each_strata_quota(tiny_unet, monkeypatch):
+    """``generate_typical``: among the same candidates, a stratum keeps as many as without it, but its predicted likes
+    the base UNet denoises best (lowest error at t = 300) first, not the likeliest first."""
+    import papa_env.agents.papa as papa_module
+
+    common = {"lr": 1e-3, "timesteps_per_image": 2, "num_sampling_steps": 3, "base_queries": 5,
+              "generate_candidates": 3, "generate_strata": 2, "generate_base_candidates": 2,
+              "generate_strata_mass": True}  # fmt: skip
+    plain, typical = PAPA(tiny_unet, PAPAConfig(**common)), PAPA(tiny_unet, PAPAConfig(**common, generate_typical=True))
+    _taught_side_by_side(plain, typical)  # the queries are not filtered: both agents learn the same
+    calls, errors = [], []
+    real_pick, real_error = papa_module.stratified_pick, papa_module.denoising_error
+    monkeypatch.setattr(papa_module, "stratified_pick", lambda *a: calls.append((a, real_pick(*a))) or calls[-1][1])
+    monkeypatch.setattr(papa_module, "denoising_error", lambda *a: errors.append(real_error(*a)) or errors[-1])
+    score = PAPA._filter_score  # the tiny model's ensemble predicts no like: half of the candidates made likes
+    monkeypatch.setattr(PAPA, "_filter_score", lambda self, m: score(self, m) - score(self, m).median() + 1e-6)
+    kept = [agent.generate(12, torch.Generator().manual_seed(3)) for agent in (plain, typical)]
+    ((a, picked_a), (b, picked_b)), error = calls, torch.cat(errors)
+    same = [torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a[1:], b[1:])]
+    assert errors and all(same)  # the same candidates: their strata, the shares, n, the counts, the base's draws
+    liked = a[0] > 0
+    assert torch.equal(liked, b[0] > 0) and 0 < int(liked.sum()) < len(liked)  # the same predicted likes
+    assert torch.equal(b[0][~liked], a[0][~liked])  # the others keep their scores
+    assert torch.equal(b[0][liked].argsort(descending=True), error[liked].argsort())  # likes: most typical first
+    strata = a[1]
+    assert torch.equal(torch.bincount(strata[picked_a], minlength=2), torch.bincount(strata[picked_b], minlength=2))
+    assert float(error[picked_b].mean()) < float(error[picked_a].mean())  # the same quota, more typical picks
+    assert [len(images) for images in kept] == [12, 12]
+
+
 def test_generate_by_strata_follows_the_liked_base_queries_and_resumes_the_same(tiny_unet) -> None:
     """With ``generate_strata`` the kept samples are predicted likes in the proportions of the likes to the base
     model's queries over the strata (the buffer records which model drew each reply, and a checkpoint keeps it);

@@ -1,7 +1,8 @@
 """The reward filter (``PAPAConfig.generate_candidates``) on a finished suite run's final agents, without rerunning.
 
     python docs/experiments/reward_filter_final.py RUN_DIR [--candidates 4] [--strata 10] [--prior 2] [--optimism 1]
-        [--base-candidates 4] [--mass] [--feature-pool 2] [--tag suite-held-out] [--tastes A,B] [--out FILE]
+        [--base-candidates 4] [--mass] [--feature-pool 2] [--typical] [--tag suite-held-out] [--tastes A,B]
+        [--out FILE]
 
 The filter changes only what ``generate`` returns, never what is asked or learned, so a session run without it ends
 with the same agent as one run with it. For each session folder under ``RUN_DIR/<tag>/<taste>/<agent>-s<seed>``
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--base-candidates", type=int, default=0, help="generate_base_candidates of the filtered agent")
     p.add_argument("--mass", action="store_true", help="generate_strata_mass of the filtered agent")
     p.add_argument("--feature-pool", type=int, default=2, help="generate_feature_pool of the filtered agent")
+    p.add_argument("--typical", action="store_true", help="generate_typical of the filtered agent")
     p.add_argument("--tag", default="suite-held-out", help="the suite's folder under RUN_DIR")
     p.add_argument("--tastes", help="only these tastes (comma-separated)")
     p.add_argument("--out", help="write one JSON line per session here")
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = PAPAConfig(**{k: v for k, v in config["agent_config"].items() if k in known})
         cfg = replace(cfg, generate_candidates=a.candidates, generate_strata=a.strata, generate_strata_prior=a.prior,
                       generate_optimism=a.optimism, generate_base_candidates=a.base_candidates,
-                      generate_strata_mass=a.mass, generate_feature_pool=a.feature_pool)  # fmt: skip
+                      generate_strata_mass=a.mass, generate_feature_pool=a.feature_pool,
+                      generate_typical=a.typical)  # fmt: skip
         agent = PAPA(load_pretrained(env.unwrapped.base_model), cfg)
         state = load_state(folder / "checkpoint.safetensors")["agent"]
         agent.load_state_dict(state)
