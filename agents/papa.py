@@ -29,6 +29,7 @@ from papa_env.agents.selection import (
     inclusion_probabilities,
     k_center,
     kmeans,
+    like_chance,
     make_features,
     make_selector,
     quota_pick,
@@ -512,8 +513,7 @@ class PAPA:
         """``bank_base_queries``: n of the bank's unshown draws (not among ``taken``, bank indices), each with
         probability pi (systematic sampling, predicted likes more often): (images, bank indices, n / (M pi))."""
         unused = self.base_bank(taken)
-        liked = ((1 + self.reward_model().scores(self.bank_f[unused]).mean(0)) / 2).clamp(0, 1)
-        inclusion = inclusion_probabilities(liked, n)
+        inclusion = inclusion_probabilities(like_chance(self.reward_model().scores(self.bank_f[unused])), n)
         chosen = systematic_sample(inclusion, generator)
         return self.bank_x[unused[chosen]], unused[chosen], n / (len(unused) * inclusion[chosen])
 

@@ -217,8 +217,7 @@ class EnsembleSelector:
         whose choice is not random): :func:`inclusion_probabilities` of the ensemble's mean predicted like."""
         if self.name != "proportional":
             return None
-        liked = ((1 + self.scores(pool.features).mean(0)) / 2).clamp(0, 1)  # a predicted reply as a like chance
-        return inclusion_probabilities(liked, k)
+        return inclusion_probabilities(like_chance(self.scores(pool.features)), k)
 
     def select(self, pool: Pool, k: int, generator: torch.Generator) -> torch.Tensor:
         if self.name == "proportional":
@@ -251,6 +250,12 @@ class EnsembleSelector:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.features, self.labels = state["features"].double(), state["labels"].double()
         self._fit()
+
+
+def like_chance(scores: torch.Tensor) -> torch.Tensor:
+    """(M,) a reward ensemble's mean predicted reply (its ``scores``: (members, M), about +1 like, -1 dislike) read
+    as the chance of a like, in [0, 1]."""
+    return ((1 + scores.mean(0)) / 2).clamp(0, 1)
 
 
 def inclusion_probabilities(liked: torch.Tensor, k: int, uniform: float = 0.3) -> torch.Tensor:
