@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 import torch
 
-from papa_env.diffusion import noise_schedule, q_sample, sample
+from papa_env.diffusion import denoising_error, sample
 from papa_env.metrics import judge
 from papa_env.models import load_pretrained
 
@@ -32,7 +32,6 @@ def main() -> None:
     p.add_argument("--datasets", default="mnist,fashion-mnist")
     a = p.parse_args()
     torch.set_num_threads(1)
-    abar, _ = noise_schedule()
     for ds in a.datasets.split(","):
         unet = load_pretrained(f"{ds}-ddpm").eval()
         classifier = load_pretrained(f"{ds}-judge")
@@ -43,14 +42,7 @@ def main() -> None:
             conf, labels = rep.confidence.numpy(), rep.labels.numpy()
             scores = {}
             for t in (150, 300):
-                err = torch.zeros(a.n)
-                for _ in range(4):
-                    eps = torch.randn(x.shape, generator=g)
-                    tt = torch.full((a.n,), t)
-                    xt = q_sample(x, eps, tt, abar)
-                    pred = torch.cat([unet(b, tb).sample for b, tb in zip(xt.split(100), tt.split(100))])
-                    err += ((pred - eps) ** 2).mean((1, 2, 3)) / 4
-                scores[f"-err t={t}"] = -err.numpy()
+                scores[f"-err t={t}"] = -denoising_error(unet, x, t, 4, g).numpy()
         print(f"{ds}: n={a.n}, mean confidence {conf.mean():.3f}, share >= 0.9: {(conf >= 0.9).mean():.3f}")
         groups = conf[: a.n // 4 * 4].reshape(-1, 4)
         for name, s in scores.items():
