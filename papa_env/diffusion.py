@@ -1,10 +1,12 @@
 """Sampling from the base diffusion models with diffusers' own schedulers, and the agents' shared diffusion math.
 
 ``sample(unet, n, sampler="ddim", num_steps=20)`` draws images; ``sampler="ddpm"`` with ``num_steps=1000``
-is the authors' ancestral sampler. The second half is the math every agent shares, written once here and tested
-against diffusers: the forward process (``q_sample``, ``noise_schedule``), PAPA's ELBO weights (``elbo_weights``),
-the denoising MDP (``sample_trajectory``, ``ddim_step_with_logprob``: per-step Gaussian log-probs, for DDPO /
-D3PO) and EPAPA's denoiser (``SwitchedUNet``).
+is the authors' ancestral sampler; ``sample_many`` runs several models side by side and ``sample_calls`` several
+small calls of one model as one batch, each the images of the plain calls. The second half is the math every agent
+shares, written once here and tested against diffusers: the forward process (``q_sample``, ``noise_schedule``),
+PAPA's ELBO weights (``elbo_weights``), the denoising MDP (``sample_trajectory``, ``ddim_step_with_logprob``:
+per-step Gaussian log-probs, for DDPO / D3PO), an image's diffusion loss at one timestep (``denoising_error``) and
+EPAPA's denoiser (``SwitchedUNet``).
 """
 
 from __future__ import annotations
