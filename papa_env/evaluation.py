@@ -171,21 +171,32 @@ def relative_balance(
     return float(min(n / b for n, b in zip(now, base) if b > 0))
 
 
-def base_class_shares(
+def base_reference(
     unet: torch.nn.Module, judge_net: torch.nn.Module, n: int = 2000, seed: int = 0, batch: int = 500, **sampling: Any
-) -> dict[int, float]:
-    """The judge's class shares of ``n`` samples of a (base) model: the reference of :func:`relative_balance`, drawn
-    in batches of ``batch`` with the default sampler unless ``sampling`` (sampler, num_steps, eta) says otherwise."""
+) -> dict[str, Any]:
+    """The judge's reading of ``n`` samples of a (base) model, drawn in batches of ``batch`` with the default sampler
+    unless ``sampling`` (sampler, num_steps, eta) says otherwise: ``shares`` (class -> share, the reference of
+    :func:`relative_balance`) and ``confidence`` (the mean max-softmax, the user suite's quality reference). Every
+    evaluation of a session draws the same noises, so its first one is a single 100-sample draw shared by all the
+    sessions of an env: the shipped MNIST model reads 0.902 there and 0.920 on 2,000 samples."""
     from papa_env.diffusion import sample
 
     if n < 1:
-        raise ValueError(f"base_class_shares needs n >= 1 samples, got {n!r}")
-    gen, counts = torch.Generator().manual_seed(seed), np.zeros(10)
+        raise ValueError(f"base_reference needs n >= 1 samples, got {n!r}")
+    gen, counts, confidence = torch.Generator().manual_seed(seed), np.zeros(10), 0.0
     with torch.no_grad():
         for start in range(0, n, batch):
-            images = sample(unet, min(batch, n - start), generator=gen, **sampling)
-            counts += np.bincount(judge(judge_net, images).labels.numpy(), minlength=10)[:10]
-    return {c: float(v / n) for c, v in enumerate(counts)}
+            report = judge(judge_net, sample(unet, min(batch, n - start), generator=gen, **sampling))
+            counts += np.bincount(report.labels.numpy(), minlength=10)[:10]
+            confidence += float(report.confidence.double().sum())
+    return {"shares": {c: float(v / n) for c, v in enumerate(counts)}, "confidence": confidence / n}
+
+
+def base_class_shares(
+    unet: torch.nn.Module, judge_net: torch.nn.Module, n: int = 2000, seed: int = 0, batch: int = 500, **sampling: Any
+) -> dict[int, float]:
+    """The class shares of :func:`base_reference`."""
+    return base_reference(unet, judge_net, n, seed, batch, **sampling)["shares"]
 
 
 def session_metrics(
@@ -194,12 +205,14 @@ def session_metrics(
     target: float = 0.9,
     reference: dict[int, float] | None = None,
     samples: int | None = None,
+    base_confidence: float | None = None,
 ) -> dict[str, Any]:
     """What the user suite reports of one session (issue 22): like-rate at every evaluation, replies to first reach
     ``target`` (feedback efficiency; None if never), the liked share of what the user was shown, judge confidence
-    before and after, the relative balance of the liked classes at the end (:func:`relative_balance`, against
-    ``reference`` when given) and collapse flags (a like-rate fall read against the noise of ``samples`` images per
-    evaluation when given: :func:`collapse_report`)."""
+    before and after (and ``base_confidence``, the base's on many samples, when given: :func:`base_reference`;
+    :func:`confidence_start` reads it first), the relative balance of the liked classes at the end
+    (:func:`relative_balance`, against ``reference`` when given) and collapse flags (a like-rate fall read against
+    the noise of ``samples`` images per evaluation when given: :func:`collapse_report`)."""
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     reached = [r["replies"] for r in records if r[key] >= target]
     return {
@@ -209,9 +222,17 @@ def session_metrics(
         "target": target,
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "judge_confidence": [records[0]["eval/judge_confidence"], records[-1]["eval/judge_confidence"]],
+        "base_confidence": base_confidence,
         "relative_balance": relative_balance(records, liked, reference=reference) if liked else None,
         "collapse": collapse_report(records, liked=liked, reference=reference, samples=samples),
     }
+
+
+def confidence_start(metrics: dict[str, Any]) -> float:
+    """The judge confidence a session's end is read against: the base's on many samples where the session was
+    scored with one (``base_confidence``), else its own first evaluation."""
+    base = metrics.get("base_confidence")
+    return metrics["judge_confidence"][0] if base is None else base
 
 
 def summarize(records: list[dict], liked: tuple[int, ...] | None = None, samples: int | None = None) -> dict[str, Any]:

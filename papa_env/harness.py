@@ -475,6 +475,10 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
         + ", ".join(f"{ref} ({n} sessions)" for ref, n in refs.items())
         + ".\n"
     ] if refs else []  # fmt: skip
+    many = sum(r.get("metrics", {}).get("base_confidence") is not None for r in results)
+    if many:
+        out.append(f"Judge confidence: the base's is read on the base reference's samples for {many} of "
+                   f"{len(results)} sessions, on each session's first evaluation for the rest.\n")  # fmt: skip
     checkpoints = (50, 100, 200, 300)
     for name in dict.fromkeys(r["agent"] for r in results):
         runs = [r for r in results if r["agent"] == name]
@@ -489,7 +493,7 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             "worst taste @300",
             f"replies to {target} (median)",
             "shown liked",
-            "judge conf. start -> end",
+            "judge conf. base -> end",
             "relative balance mean (min)",
             "collapse flags",
         ]
@@ -505,7 +509,7 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             *[f"like@{c}" for c in checkpoints],
             f"replies to {target}",
             "shown liked",
-            "conf. start -> end",
+            "conf. base -> end",
             "balance mean (min)",
             "flags",
         ]
@@ -519,13 +523,20 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             reach = [r["metrics"]["replies_to_target"] for r in rs]
             cells.append(" / ".join("-" if v is None else str(v) for v in reach))
             cells.append(_mean_of([r["metrics"]["shown_like_rate"] for r in rs]))
-            conf = np.mean([r["metrics"]["judge_confidence"] for r in rs], 0)
-            cells.append(f"{conf[0]:.3f} -> {conf[1]:.3f}")
+            cells.append(_confidence_cell(rs))
             cells.append(_balance_cell(rs))
             cells.append(str(sum(bool(r["collapse"]) for r in rs)))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _confidence_cell(runs: list[dict]) -> str:
+    """The sessions' judge confidence, the base's (on many samples where scored so) -> at the end, means."""
+    from papa_env.evaluation import confidence_start
+
+    start = np.mean([confidence_start(r["metrics"]) for r in runs])
+    return f"{start:.3f} -> {np.mean([r['metrics']['judge_confidence'][1] for r in runs]):.3f}"
 
 
 def _balance_cell(runs: list[dict]) -> str:
@@ -555,8 +566,7 @@ def _suite_row(group: str, runs: list[dict], per_taste: dict, checkpoints) -> li
     reach = [r["metrics"]["replies_to_target"] for r in runs]
     cells.append(f"{np.median([np.inf if v is None else v for v in reach]):g}")
     cells.append(_mean_of([r["metrics"]["shown_like_rate"] for r in runs]))
-    conf = np.mean([r["metrics"]["judge_confidence"] for r in runs], 0)
-    cells.append(f"{conf[0]:.3f} -> {conf[1]:.3f}")
+    cells.append(_confidence_cell(runs))
     cells.append(_balance_cell(runs))
     cells.append(f"{sum(bool(r['collapse']) for r in runs)} / {len(runs)}")
     return cells
@@ -695,23 +705,26 @@ def not_reused(specs: list[SessionSpec], reused: list[dict]) -> list[SessionSpec
 def rescore(
     results: list[dict],
     liked: dict[str, tuple[int, ...] | None],
-    references: dict[tuple[str, str], dict[int, float]] | None = None,
-    label: str = "base samples",
+    references: dict[tuple[str, str], dict] | None = None,
+    label: str = "",
 ) -> None:
     """Suite sessions scored (again) from their evaluations by today's :func:`session_metrics` (a metric redefined
     since they ran applies to them too; a like-rate fall is read against their own evaluations' sample size);
-    ``liked``: the liked classes by taste name; ``references``: the base's class shares by (env id, model) from
-    :func:`balance_references`, for sessions whose agent samples as the reference did (``label`` says which in each
-    session's metrics)."""
+    ``liked``: the liked classes by taste name; ``references``: the base's judge reading by (env id, model) from
+    :func:`base_references` (``shares``, and ``confidence`` where known), for sessions whose agent samples as the
+    reference did (``label`` says which in each session's metrics)."""
     from papa_env.evaluation import session_metrics
 
     for r in results:
         if r.get("taste") in liked:
-            ref = (references or {}).get(_reference_key(r)) if _samples_by_default(r) else None
+            ref = (references or {}).get(_reference_key(r), {}) if _samples_by_default(r) else {}
             samples = (r.get("spec") or {}).get("eval_samples")
-            r["metrics"] = session_metrics(r["records"], liked[r["taste"]], reference=ref, samples=samples)
+            r["metrics"] = session_metrics(
+                r["records"], liked[r["taste"]], reference=ref.get("shares"), samples=samples,
+                base_confidence=ref.get("confidence"),
+            )  # fmt: skip
             if len(liked[r["taste"]] or ()) > 1:  # a balance to read: say against what
-                r["metrics"]["balance_reference"] = label if ref is not None else "first evaluation"
+                r["metrics"]["balance_reference"] = label if ref.get("shares") is not None else "first evaluation"
             r["collapse"] = r["metrics"]["collapse"]
 
 
@@ -728,34 +741,41 @@ def _samples_by_default(result: dict) -> bool:
     return bool(spec) and spec.get("agent") not in ("faithful", "faithful-epapa") and not sampling
 
 
-def balance_references(results: list[dict], n: int, root: Path) -> dict[tuple[str, str], dict[int, float]]:
-    """The judge's class shares of ``n`` samples of each (env id, base model) the suite's sessions started from
-    (:func:`papa_env.evaluation.base_class_shares`): the relative balance's reference. Against the first 100-sample
-    evaluation instead, noise alone flags a perfectly balanced model in up to 17% of sessions on 4-5-class tastes,
-    and on real tuned models it tracks the truth less well (``benchmarks/results/balance-noise/``). Cached in
-    ``root / base_reference.json`` by env, model, weights and n; a base model file missing here gets none (its sessions
-    keep the first evaluation as their reference)."""
+def base_references(results: list[dict], n: int, root: Path) -> dict[tuple[str, str], dict]:
+    """The judge's reading of ``n`` samples of each (env id, base model) the suite's sessions started from
+    (:func:`papa_env.evaluation.base_reference`): ``shares``, the relative balance's reference, and ``confidence``,
+    the confidence goal's. Against the first 100-sample evaluation instead, noise alone flags a perfectly balanced
+    model in up to 17% of sessions on 4-5-class tastes, and on real tuned models it tracks the truth less well
+    (``benchmarks/results/balance-noise/``); that evaluation's confidence is one draw of 100 images shared by every
+    session of an env (0.902 on MNIST against 0.920 on 2,000). Cached in ``root / base_reference.json`` (shares) and
+    ``root / base_confidence.json`` by env, model, weights and n; a base model file missing here gets none (its
+    sessions keep the first evaluation as their reference)."""
     import gymnasium as gym
 
     import papa_env  # noqa: F401  (registers the ids)
-    from papa_env.evaluation import base_class_shares
+    from papa_env.evaluation import base_reference
     from papa_env.models import load_model, load_pretrained, weights_sha256
 
-    cache_path = root / "base_reference.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    paths = {"shares": root / "base_reference.json", "confidence": root / "base_confidence.json"}
+    caches = {k: json.loads(p.read_text()) if p.exists() else {} for k, p in paths.items()}
     out = {}
     for env_id, model in dict.fromkeys(_reference_key(r) for r in results if r.get("spec")):
         if model and not Path(model).is_file():  # a reused session's base model that is not on this machine
-            print(f"balance of the sessions on {model}: read against their first evaluation (the file is missing)")
+            print(f"the base reference of the sessions on {model}: their first evaluation (the file is missing)")
             continue
         env = gym.make(env_id).unwrapped
         unet = load_model(model) if model else load_pretrained(env.base_model)
         key = f"{env_id}|{model}|{weights_sha256(unet)}|{n}"
-        if key not in cache:
-            cache[key] = base_class_shares(unet, load_pretrained(f"{env.dataset}-judge"), n=n)
+        if any(key not in cache for cache in caches.values()):
+            reading = base_reference(unet, load_pretrained(f"{env.dataset}-judge"), n=n)
             root.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache, indent=1))
-        out[(env_id, model)] = {int(c): v for c, v in cache[key].items()}
+            for what, cache in caches.items():
+                cache.setdefault(key, reading[what])  # shares cached before confidence was: kept as they were
+                paths[what].write_text(json.dumps(cache, indent=1))
+        out[(env_id, model)] = {
+            "shares": {int(c): v for c, v in caches["shares"][key].items()},
+            "confidence": caches["confidence"][key],
+        }
     return out
 
 
@@ -854,12 +874,15 @@ def build_parser() -> argparse.ArgumentParser:
         "default: a local Ray with --workers x threads CPUs",
     )
     p.add_argument(
+        "--base-reference",
         "--balance-reference",
+        dest="balance_reference",
         type=int,
         default=2000,
         metavar="N",
-        help="with --suite: the base model's class shares for the relative balance come from N samples of it "
-        "(drawn once, cached; --quick: 100), not from the first evaluation's; 0: the first evaluation's",
+        help="with --suite: the base model's class shares (the relative balance's reference) and judge confidence "
+        "come from N samples of it (drawn once, cached; --quick: 100), not from the first evaluation; 0: from the "
+        "first evaluation",
     )
     p.add_argument("--no-grid", action="store_true", help="skip the final samples grid")
     return p
@@ -878,7 +901,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if getattr(a, flag) == p.get_default(flag):
                 setattr(a, flag, value)
     if a.balance_reference < 0:
-        p.error(f"--balance-reference must be >= 0 samples, got {a.balance_reference}")
+        p.error(f"--base-reference must be >= 0 samples, got {a.balance_reference}")
     if a.budget < 10 or a.budget % 10:
         p.error(f"--budget must be a positive multiple of 10, got {a.budget}")
     one_user = [f"--{k.replace('_', '-')}" for k in ("env", "preference", "oracle", "mistake_rate") if getattr(a, k)]
@@ -943,8 +966,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = _ordered([*reused, *done])
     if a.suite:  # every session scored by today's metrics, the balance against the base's shares on many samples
         liked = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
-        balanced = [r for r in results if len(liked.get(r["taste"]) or ()) > 1]  # the sessions with a balance
-        refs = balance_references(balanced, a.balance_reference, root) if a.balance_reference else None
+        refs = base_references(results, a.balance_reference, root) if a.balance_reference else None
         rescore(results, liked, refs, f"{a.balance_reference} base samples")
     rows = write_outputs(results, root, tag, suite=bool(a.suite))
     if not a.no_grid:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import ToyEval, bright_env
 
 from papa_env.agents.papa import PAPA, PAPAConfig
@@ -140,6 +141,28 @@ def test_base_class_shares_counts_the_judges_labels_of_the_models_samples(tiny_u
     assert base_class_shares(tiny_unet, judge_net, n=30, batch=8, num_steps=4) == shares  # seeded
     with pytest.raises(ValueError, match="n >= 1"):
         base_class_shares(tiny_unet, judge_net, n=0)
+
+
+def test_base_reference_reads_the_shares_and_the_mean_confidence_of_the_same_samples(tiny_unet) -> None:
+    from papa_env.diffusion import sample
+    from papa_env.evaluation import base_class_shares, base_reference, confidence_start, session_metrics
+    from papa_env.metrics import judge
+    from papa_env.models import load_pretrained
+
+    judge_net = load_pretrained("mnist-judge")
+    reading = base_reference(tiny_unet, judge_net, n=30, batch=8, num_steps=4)
+    assert reading["shares"] == base_class_shares(tiny_unet, judge_net, n=30, batch=8, num_steps=4)
+    gen = torch.Generator().manual_seed(0)  # the same draws, in the same batches
+    images = torch.cat([sample(tiny_unet, b, generator=gen, num_steps=4) for b in (8, 8, 8, 6)])
+    assert reading["confidence"] == pytest.approx(float(judge(judge_net, images).confidence.mean()), abs=1e-6)
+    # a session's confidence is read against it when given, else against its own first evaluation
+    records = [{"replies": n, "eval/like_rate_judge": 0.5, "eval/judge_confidence": c, "eval/max_class_share": 0.2}
+               for n, c in ((0, 0.90), (300, 0.93))]  # fmt: skip
+    plain, scored = session_metrics(records), session_metrics(records, base_confidence=0.95)
+    assert (confidence_start(plain), confidence_start(scored)) == (0.90, 0.95)
+    assert plain["judge_confidence"] == scored["judge_confidence"] == [0.90, 0.93]  # the evaluations, untouched
+    with pytest.raises(ValueError, match="n >= 1"):
+        base_reference(tiny_unet, judge_net, n=0)
 
 
 def test_collapse_report_reads_crowding_against_the_base_when_the_liked_classes_are_known() -> None:

@@ -68,7 +68,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tin
         (["--suite", "tuning", "--env", "PAPA-MNIST-v0"], "--env choose one user; --suite tuning runs its own"),
         (["--suite", "held-out", "--preference", "[3]", "--mistake-rate", "0.1"], "--preference, --mistake-rate"),
         (["--tastes", "mnist-3"], "--tastes picks tastes of --suite"),
-        (["--suite", "tuning", "--balance-reference", "-1"], "--balance-reference must be >= 0 samples, got -1"),
+        (["--suite", "tuning", "--balance-reference", "-1"], "--base-reference must be >= 0 samples, got -1"),
     ],
 )
 def test_suite_and_one_user_flags_are_refused_together(argv, match, tmp_path, capsys) -> None:
@@ -169,12 +169,17 @@ def test_reused_suite_sessions_are_scored_again_by_todays_metrics() -> None:
     assert other["collapse"] == stale  # a taste it does not know: left as it was
     # against the base's shares on many samples (7: 0.3 of the liked), for sessions sampled as the reference was
     spec = {"env": "PAPA-FashionMNIST-v0", "model": "", "agent": "epapa", "overrides": {}}
-    refs = {("PAPA-FashionMNIST-v0", ""): {7: 0.06, 9: 0.14, 0: 0.8}}
+    refs = {("PAPA-FashionMNIST-v0", ""): {"shares": {7: 0.06, 9: 0.14, 0: 0.8}, "confidence": 0.85}}
     plain, faithful = ({**old, "spec": {**spec, **change}} for change in ({}, {"agent": "faithful"}))
     harness.rescore([plain, faithful], {"fashion-7-9": (7, 9)}, refs, "2000 base samples")
     assert plain["metrics"]["relative_balance"] == pytest.approx((0.21 / 0.96) / 0.3)
     assert plain["metrics"]["balance_reference"] == "2000 base samples"
     assert faithful["metrics"]["balance_reference"] == "first evaluation"  # 1000-step DDPM: not the reference's sampler
+    # the confidence goal read against the base's on many samples, where the session sampled as the reference did
+    assert plain["metrics"]["base_confidence"] == 0.85 and faithful["metrics"]["base_confidence"] is None
+    report = harness.suite_tables([{**r, "group": "fashion", "agent": r["spec"]["agent"]} for r in (plain, faithful)])
+    assert report.count("| 0.850 -> 0.800 |") == 3 and report.count("| 0.800 -> 0.800 |") == 3  # group, all, taste
+    assert "base's is read on the base reference's samples for 1 of 2 sessions" in report
 
 
 def test_rescored_like_rate_falls_are_read_against_each_sessions_own_evaluation_size() -> None:
@@ -189,7 +194,7 @@ def test_rescored_like_rate_falls_are_read_against_each_sessions_own_evaluation_
 
 def test_a_reused_sessions_missing_base_model_keeps_the_first_evaluation_as_its_reference(tmp_path, capsys) -> None:
     spec = {"env": "PAPA-MNIST-v0", "model": str(tmp_path / "gone.safetensors"), "agent": "epapa", "overrides": {}}
-    assert harness.balance_references([{"spec": spec}], 10, tmp_path) == {}
+    assert harness.base_references([{"spec": spec}], 10, tmp_path) == {}
     assert "first evaluation (the file is missing)" in capsys.readouterr().out
     assert not (tmp_path / "base_reference.json").exists()
 
@@ -236,8 +241,11 @@ def test_the_suite_quick_mode_runs_end_to_end_and_reports_per_group(tmp_path, ti
     assert two["metrics"]["balance_reference"] == "100 base samples" and "100 base samples (1 sessions)" in report
     assert all("balance_reference" not in r["metrics"] for r in results if r is not two)
     cached = json.loads((root / "base_reference.json").read_text())
-    assert list(cached)[0].startswith("PAPA-MNIST-v0|") and len(cached) == 1
+    assert sorted(k.split("|")[0] for k in cached) == ["PAPA-MNIST-Style-v0", "PAPA-MNIST-v0"]  # every env's
     assert all(sum(shares.values()) == pytest.approx(1.0) for shares in cached.values())
+    confidence = json.loads((root / "base_confidence.json").read_text())  # the same samples' mean confidence
+    assert confidence.keys() == cached.keys() and all(0.1 <= c <= 1 for c in confidence.values())
+    assert two["metrics"]["base_confidence"] == next(c for k, c in confidence.items() if k.startswith("PAPA-MNIST-v0|"))
 
 
 def test_a_finished_session_with_other_settings_is_refused(tmp_path) -> None:

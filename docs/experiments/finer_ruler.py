@@ -33,7 +33,7 @@ REFERENCE = ROOT / "benchmarks/results/suite-held-out/base_reference.json"
 def scored(results: list[dict]) -> list[dict]:
     liked = {t.name: t.liked for t in make_suite("tuning")}
     cache = json.loads(REFERENCE.read_text())
-    refs = {(key.split("|")[0], ""): {int(c): v for c, v in shares.items()} for key, shares in cache.items()}
+    refs = {(key.split("|")[0], ""): {"shares": {int(c): v for c, v in sh.items()}} for key, sh in cache.items()}
     rescore(results, liked, refs, "2000 base samples")
     return results
 

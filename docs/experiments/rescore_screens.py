@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     points = {}
     cache = json.loads(Path("benchmarks/results/suite-held-out/base_reference.json").read_text())
-    refs = {(key.split("|")[0], ""): {int(c): v for c, v in shares.items()} for key, shares in cache.items()}
+    refs = {(key.split("|")[0], ""): {"shares": {int(c): v for c, v in sh.items()}} for key, sh in cache.items()}
     lines = Path("benchmarks/results/suite-tuning/results.jsonl").read_text().splitlines()
     default = {(r["taste"], r["seed"]): r for r in map(json.loads, lines)}
     if args.dips:
