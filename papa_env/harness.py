@@ -706,7 +706,7 @@ def rescore(
     results: list[dict],
     liked: dict[str, tuple[int, ...] | None],
     references: dict[tuple[str, str], dict] | None = None,
-    label: str = "",
+    label: str = "base samples",
 ) -> None:
     """Suite sessions scored (again) from their evaluations by today's :func:`session_metrics` (a metric redefined
     since they ran applies to them too; a like-rate fall is read against their own evaluations' sample size);
@@ -758,16 +758,19 @@ def base_references(results: list[dict], n: int, root: Path) -> dict[tuple[str, 
 
     paths = {"shares": root / "base_reference.json", "confidence": root / "base_confidence.json"}
     caches = {k: json.loads(p.read_text()) if p.exists() else {} for k, p in paths.items()}
-    out = {}
+    out, readings = {}, {}  # readings by (dataset, weights): the Style env draws the MNIST model's samples once
     for env_id, model in dict.fromkeys(_reference_key(r) for r in results if r.get("spec")):
         if model and not Path(model).is_file():  # a reused session's base model that is not on this machine
             print(f"the base reference of the sessions on {model}: their first evaluation (the file is missing)")
             continue
         env = gym.make(env_id).unwrapped
         unet = load_model(model) if model else load_pretrained(env.base_model)
-        key = f"{env_id}|{model}|{weights_sha256(unet)}|{n}"
+        sha = weights_sha256(unet)
+        key = f"{env_id}|{model}|{sha}|{n}"
         if any(key not in cache for cache in caches.values()):
-            reading = base_reference(unet, load_pretrained(f"{env.dataset}-judge"), n=n)
+            if (env.dataset, sha) not in readings:
+                readings[env.dataset, sha] = base_reference(unet, load_pretrained(f"{env.dataset}-judge"), n=n)
+            reading = readings[env.dataset, sha]
             root.mkdir(parents=True, exist_ok=True)
             for what, cache in caches.items():
                 cache.setdefault(key, reading[what])  # shares cached before confidence was: kept as they were
