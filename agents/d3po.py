@@ -129,12 +129,14 @@ class D3PO(TrajectoryAgent):
             draws = torch.randint(len(old), (self.cfg.replay,), generator=self.generator).tolist()
             replayed = [old[i] for i in draws]
         pairs = new + replayed
-        stats = {"losses/d3po": 0.0, "charts/decided_pairs": float(len(decided)), "compute/updates": 0.0}
+        stats = {"losses/d3po": 0.0, "charts/decided_pairs": float(len(decided)), "compute/updates": 0.0,
+                 "compute/rows": 0.0}  # fmt: skip
         steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
         for _ in range(self.cfg.inner_epochs if pairs else 0):
             for p in torch.randperm(len(pairs), generator=self.generator).tolist():
                 stats["losses/d3po"] += self._step(pairs[p], steps)
                 stats["compute/updates"] += 1
+                stats["compute/rows"] += 2 * len(steps)  # the pair's two trajectories at each stochastic step
         if stats["compute/updates"]:
             stats["losses/d3po"] /= stats["compute/updates"]
         self.buffer = (old + new)[-self.cfg.replay_buffer :] if self.cfg.replay else []

@@ -111,10 +111,11 @@ def ddpo_update(
     """The reference's training loop on one batch of trajectories (see the module docstring); shared with the
     reward-model agent. ``cfg`` has ``inner_epochs``, ``train_batch_size``, ``clip_range``, ``grad_clip``, ``eta``
     and ``kl_coef`` (which needs ``base``). Returns the mean loss, approximate KL to the sampling policy, clip
-    fraction and KL to the base, and the number of optimizer steps."""
+    fraction and KL to the base, the number of optimizer steps (``compute/updates``) and of (trajectory, step) rows
+    backpropagated through the UNet (``compute/rows``)."""
     steps = [j for j in range(len(traj.timesteps)) if traj.stochastic[j]]
     stats = {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "charts/kl_to_base": 0.0}
-    n_terms, updates = 0, 0
+    n_terms, updates, rows = 0, 0, 0
     for _ in range(cfg.inner_epochs):
         order = torch.randperm(len(adv), generator=generator)
         for start in range(0, len(order), cfg.train_batch_size):
@@ -138,8 +139,9 @@ def ddpo_update(
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             opt.step()
             updates += 1
+            rows += len(idx) * len(steps)
     out = {k: v / max(n_terms, 1) for k, v in stats.items()}
-    out["compute/updates"] = float(updates)
+    out["compute/updates"], out["compute/rows"] = float(updates), float(rows)
     return out
 
 
@@ -169,7 +171,8 @@ class DDPO(TrajectoryAgent):
         self.selection.observe(traj.images, replies)
         adv = advantages_from_replies(replies, self.cfg.adv_clip_max)
         if float(adv.abs().sum()) == 0.0:  # all replies equal: no signal
-            return {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "compute/updates": 0.0}
+            return {"losses/policy": 0.0, "charts/approx_kl": 0.0, "charts/clipfrac": 0.0, "compute/updates": 0.0,
+                    "compute/rows": 0.0}  # fmt: skip
         return ddpo_update(self.unet, self.opt, traj, adv, self.cfg, self.generator, self.base)
 
     def state_dict(self) -> dict[str, Any]:

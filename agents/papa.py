@@ -608,7 +608,7 @@ class PAPA:
         src = src.to(self.device)
         weighted = self.shown_weight is not None and len(self.shown_weight) == len(y)
         w = torch.as_tensor(self.shown_weight, dtype=torch.float32) if weighted else torch.ones(len(y))
-        stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/rows": 0.0}
+        stats = {"loss": 0.0, "losses/pref": 0.0, "losses/model": 0.0, "compute/updates": 0.0, "compute/rows": 0.0}
         # the reply baseline b: the (weighted) mean of the last `reply_baseline` signed replies, this interaction's in
         window = -(self.cfg.reply_baseline or 1)
         recent = torch.cat([self.buffer_y.cpu(), y.cpu()[y.cpu() != 0]])[window:]
@@ -634,6 +634,7 @@ class PAPA:
             if self.ema is not None:
                 self.ema.step(self.unet.parameters())
             self.updates += 1
+            stats["compute/updates"] += 1
             stats.update({key: stats[key] + v for key, v in zip(LOSSES, all_reduce_sum([out[key] for key in LOSSES]))})
             stats["compute/rows"] += timesteps.numel()  # (query, timestep) forward + backward passes
         self.unet.eval()

@@ -135,7 +135,9 @@ class RewardModelDDPO:
         keep = replies != 0
         self.images.append(torch.as_tensor(np.asarray(queries)[keep], dtype=torch.float32))
         self.labels.append(torch.as_tensor(replies[keep] > 0, dtype=torch.float32))
-        stats = {"losses/reward_model": self.fit_reward_model(), "losses/policy": 0.0, "compute/updates": 0.0}
+        # compute/*: the policy's steps and rows (the reward model's own fit is on its small CNN, not counted)
+        stats = {"losses/reward_model": self.fit_reward_model(), "losses/policy": 0.0, "compute/updates": 0.0,
+                 "compute/rows": 0.0}  # fmt: skip
         for _ in range(self.cfg.rl_updates):
             traj = sample_trajectory(self.unet, self.cfg.rl_batch, num_steps=self.cfg.num_sampling_steps,
                                      eta=self.cfg.eta, generator=self.generator)  # fmt: skip
@@ -145,6 +147,7 @@ class RewardModelDDPO:
                               self.base)  # fmt: skip
             stats["losses/policy"] += out["losses/policy"] / self.cfg.rl_updates
             stats["compute/updates"] += out["compute/updates"]
+            stats["compute/rows"] += out["compute/rows"]
             stats["charts/clipfrac"] = out["charts/clipfrac"]
         return stats
 

@@ -211,8 +211,9 @@ def session_metrics(
     ``target`` (feedback efficiency; None if never), the liked share of what the user was shown, judge confidence
     before and after (and ``base_confidence``, the base's on many samples, when given: :func:`base_reference`;
     :func:`confidence_start` reads it first), the relative balance of the liked classes at the end
-    (:func:`relative_balance`, against ``reference`` when given) and collapse flags (a like-rate fall read against
-    the noise of ``samples`` images per evaluation when given: :func:`collapse_report`)."""
+    (:func:`relative_balance`, against ``reference`` when given), collapse flags (a like-rate fall read against
+    the noise of ``samples`` images per evaluation when given: :func:`collapse_report`) and the update's compute per
+    interaction (optimizer steps, update rows; issue 23)."""
     key = "eval/like_rate_judge" if "eval/like_rate_judge" in records[0] else "eval/like_rate_oracle"
     reached = [r["replies"] for r in records if r[key] >= target]
     return {
@@ -225,7 +226,19 @@ def session_metrics(
         "base_confidence": base_confidence,
         "relative_balance": relative_balance(records, liked, reference=reference) if liked else None,
         "collapse": collapse_report(records, liked=liked, reference=reference, samples=samples),
+        "optimizer_steps_per_interaction": per_interaction(records, "compute/updates"),
+        "update_rows_per_interaction": per_interaction(records, "compute/rows"),
     }
+
+
+def per_interaction(records: list[dict], key: str) -> float | None:
+    """A session's mean of ``key`` per interaction (``compute/updates``: optimizer steps; ``compute/rows``: the
+    (image, timestep) rows backpropagated through the UNet): each record holds its mean over the interactions since
+    the one before (:class:`papa_env.session`), weighted here by the replies between them. None if never logged.
+    Records written before 2026-12-07 hold the last interaction's count instead: the same for a constant schedule."""
+    pairs = [(r["replies"] - prev["replies"], r[key]) for prev, r in zip(records, records[1:]) if key in r]
+    weight = sum(w for w, _ in pairs)
+    return round(sum(w * v for w, v in pairs) / weight, 2) if weight else None
 
 
 def confidence_start(metrics: dict[str, Any]) -> float:
@@ -258,6 +271,7 @@ def summarize(records: list[dict], liked: tuple[int, ...] | None = None, samples
         "min_liked_share_end": min(liked_shares.values(), default=None),
         "shown_like_rate": records[-1].get("session/shown_like_rate"),
         "seconds_per_interaction": round(float(np.mean(secs)), 2) if secs else None,
-        "update_rows_per_interaction": records[-1].get("compute/rows"),
+        "optimizer_steps_per_interaction": per_interaction(records, "compute/updates"),
+        "update_rows_per_interaction": per_interaction(records, "compute/rows"),
         "collapse": collapse_report(records, liked=liked, samples=samples),
     }

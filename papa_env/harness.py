@@ -386,6 +386,7 @@ def table(results: list[dict]) -> list[dict]:
             row[f"share/{label}"] = float(np.nanmean([e.get(f"eval/class_share/{c}", np.nan) for e in ends]))
         secs = [e.get("charts/seconds_per_interaction") for e in ends if e.get("charts/seconds_per_interaction")]
         row["s/interaction"] = float(np.mean(secs)) if secs else None
+        row["steps/interaction"], row["rows/interaction"] = _compute(runs)
         shown = [e.get("session/shown_like_rate") for e in ends if e.get("session/shown_like_rate") is not None]
         row["shown_like_rate"] = float(np.mean(shown)) if shown else None
         flagged = [r["seed"] for r in runs if r["collapse"]]
@@ -407,6 +408,8 @@ def table_markdown(rows: list[dict]) -> str:
         "FD to start",
         "shown liked",
         "s / interaction",
+        "optimizer steps / interaction",
+        "update rows / interaction",
         "class shares at the end",
         "collapsed",
     ]
@@ -425,6 +428,8 @@ def table_markdown(rows: list[dict]) -> str:
             "-" if row["fd_to_base"] is None else f"{row['fd_to_base']:.1f}",
             "-" if row["shown_like_rate"] is None else f"{row['shown_like_rate']:.3f}",
             "-" if row["s/interaction"] is None else f"{row['s/interaction']:.2f}",
+            "-" if row.get("steps/interaction") is None else f"{row['steps/interaction']:.1f}",
+            "-" if row.get("rows/interaction") is None else f"{row['rows/interaction']:.0f}",
             " ".join(f"{k[6:]} {row[k]:.2f}" for k in shares),
             row["collapsed"],
         ]
@@ -485,6 +490,14 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
         tastes = list(dict.fromkeys(r["taste"] for r in runs))
         per_taste = {t: [r for r in runs if r["taste"] == t] for t in tastes}
         out.append(f"### {name}\n")
+        steps, rows = _compute(runs)
+        if steps is not None:
+            secs = [r["records"][-1].get("charts/seconds_per_interaction") for r in runs if r.get("records")]
+            secs = [v for v in secs if v]
+            line = f"Update per interaction (mean of its sessions): {steps:.1f} optimizer steps"
+            line += "" if rows is None else f", {rows:.0f} (image, timestep) rows backpropagated through the UNet"
+            line += f", {np.mean(secs):.2f} s (last evaluation's window, on the machine that ran it)" if secs else ""
+            out.append(line + ".\n")
         head = [
             "group",
             "tastes",
@@ -529,6 +542,17 @@ def suite_tables(results: list[dict], target: float = 0.9) -> str:
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _compute(runs: list[dict]) -> tuple[float | None, float | None]:
+    """Optimizer steps and update rows per interaction, means over the sessions that logged them (learners)."""
+    from papa_env.evaluation import per_interaction
+
+    out = []
+    for key in ("compute/updates", "compute/rows"):
+        vals = [v for v in (per_interaction(r.get("records", []), key) for r in runs) if v is not None]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out[0], out[1]
 
 
 def _confidence_cell(runs: list[dict]) -> str:

@@ -195,8 +195,9 @@ class _Run:
         self.next: dict[str, Any] | None = None  # lookahead: the next step's queries, proposal state and seconds
         self.gen = torch.Generator()
         # what the next evaluation record carries besides its metrics: the last update's stats and reply reward,
-        # and the seconds of each interaction since the last evaluation (checkpointed: a late evaluation has them)
-        self.since_eval: dict[str, Any] = {"samples": [], "learns": [], "stats": {}}
+        # and the seconds and compute counts of each interaction since the last evaluation (checkpointed: a late
+        # evaluation has them)
+        self.since_eval: dict[str, Any] = {"samples": [], "learns": [], "stats": {}, "compute": {}, "learned": 0}
 
     def start(self, seed: int, eval_every: int) -> None:
         """Reset, then resume the folder's session or start one (its evaluation before any reply, a checkpoint)."""
@@ -256,7 +257,7 @@ class _Run:
             t_learn = time.perf_counter() - t1
             self.since_eval["samples"].append(t_sample)
             self.since_eval["learns"].append(t_learn)
-            self.since_eval["stats"] = {"charts/reward": float(reward), **stats}
+            self.note(float(reward), stats)
             self.checkpoint()
             bar.update(1)
             bar.set_postfix(like=f"{(replies == 1).mean():.2f}", s=f"{t_sample + t_learn:.1f}")
@@ -299,9 +300,22 @@ class _Run:
             "charts/seconds_learn": float(np.mean(learns)),
             "charts/seconds_per_interaction": float(np.mean(samples) + np.mean(learns)),
         } if samples else {}  # fmt: skip
-        self.record(*self.evaluator(self.agent), {**self.since_eval["stats"], **timing})
-        self.since_eval = {"samples": [], "learns": [], "stats": {}}
+        learned = self.since_eval.get("learned", 0)  # 0 in a checkpoint from before compute was summed
+        compute = {key: v / learned for key, v in self.since_eval.get("compute", {}).items()} if learned else {}
+        self.record(*self.evaluator(self.agent), {**self.since_eval["stats"], **compute, **timing})
+        self.since_eval = {"samples": [], "learns": [], "stats": {}, "compute": {}, "learned": 0}
         self.checkpoint()
+
+    def note(self, reward: float, stats: dict[str, float]) -> None:
+        """An interaction's update stats, for the next evaluation's record: the last interaction's losses and charts,
+        and its ``compute/*`` counts (optimizer steps, update rows) summed, so the record holds their mean over the
+        interactions since the last evaluation."""
+        self.since_eval["stats"] = {"charts/reward": reward, **stats}
+        compute = self.since_eval.setdefault("compute", {})
+        for key, value in stats.items():
+            if key.startswith("compute/"):
+                compute[key] = compute.get(key, 0.0) + float(value)
+        self.since_eval["learned"] = self.since_eval.get("learned", 0) + 1
 
     def evaluation_due(self) -> bool:
         """Whether an evaluation follows the current interaction's update."""
@@ -385,7 +399,7 @@ class _Run:
             self._restore({key.removeprefix("proposal/"): v for key, v in data.items() if key.startswith("proposal/")})
             self.look_ahead(self.step)
             stats = self.agent.learn(data["queries"], data["replies"])
-            self.since_eval["stats"] = {"charts/reward": float(np.mean(data["replies"])), **stats}
+            self.note(float(np.mean(data["replies"])), stats)
             self.shown.add(data["replies"], mode)
             self.checkpoint()
         folder.write_metrics(self.records)

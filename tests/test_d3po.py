@@ -38,6 +38,9 @@ def test_d3po_pairs_share_their_start_and_ties_give_no_gradient(tiny_unet) -> No
     assert all(torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
     stats = agent.learn(pairs, np.array([1, -1, 0]))
     assert stats["charts/decided_pairs"] == 2 and stats["compute/updates"] == 2  # one optimizer step per pair
+    assert stats["compute/rows"] == 2 * 2 * int(
+        agent._traj.stochastic.sum()
+    )  # each pair's 2 trajectories x their steps
     assert stats["losses/d3po"] == pytest.approx(math.log(2), abs=1e-3)
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
 

@@ -38,7 +38,7 @@ def test_ddpo_ratio_is_one_on_the_first_inner_step_and_learning_moves_the_model(
     before = [p.detach().clone() for p in agent.unet.parameters()]
     stats = agent.learn(queries, np.array([1, -1, 1, -1]))
     assert stats["charts/clipfrac"] == 0.0 and stats["losses/policy"] == pytest.approx(0.0, abs=1e-6)
-    assert stats["compute/updates"] == 1
+    assert stats["compute/updates"] == 1 and stats["compute/rows"] == 4 * int(traj.stochastic.sum())  # 4 trajectories
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.unet.parameters()))
     with pytest.raises(ValueError, match="propose"):
         agent.learn(np.zeros_like(queries), np.array([1, -1, 1, -1]))
@@ -50,6 +50,7 @@ def test_ddpo_clip_acts_after_the_first_minibatch_as_in_the_reference(tiny_unet)
     agent = DDPO(tiny_unet, cfg)
     stats = agent.learn(agent.propose(torch.Generator().manual_seed(0)), np.array([1, -1, 1, -1]))
     assert stats["compute/updates"] == 4  # 2 minibatches x 2 passes
+    assert stats["compute/rows"] == 2 * 4 * int(agent._traj.stochastic.sum())  # each pass: 4 trajectories x their steps
     assert stats["charts/clipfrac"] > 0.3 and stats["charts/approx_kl"] > 0  # the ratio moved past 1 +- 1e-4
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from papa_env import harness
+from papa_env import evaluation, harness
 from papa_env.harness import SessionSpec
 
 
@@ -39,6 +39,10 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tin
         assert [rec["replies"] for rec in r["records"]] == [0, 10], r["agent"]
         assert 0 <= r["records"][-1]["eval/like_rate_judge"] <= 1
         assert set(r["metrics"]) >= {"replies_to_target", "shown_like_rate", "relative_balance", "collapse"}
+        # the update's compute, logged by every learner that steps an optimizer on the UNet (not SB3's policy)
+        logged = r["metrics"]["optimizer_steps_per_interaction"] is not None
+        assert logged == (r["agent"] in harness.LEARNERS), r["agent"]
+        assert (r["metrics"]["update_rows_per_interaction"] is not None) == logged, r["agent"]
     # every learner persisted its replies before learning; SB3 through the ReplyLog wrapper
     learners = [n for n in agents.split(",") if n not in harness.REFERENCES]
     for name in learners:
@@ -58,6 +62,7 @@ def test_quick_mode_writes_table_and_plots_for_every_kind_of_agent(tmp_path, tin
     # one seed: a plain number, no interval; numeric CSV columns; labelled class shares
     table = (root / "table.md").read_text()
     assert "+-" not in table and "share/" not in table.splitlines()[0] and "1 0." in table
+    assert "| optimizer steps / interaction | update rows / interaction |" in table.splitlines()[0]
     csv_head = (root / "table.csv").read_text().splitlines()[0].split(",")
     assert "like@10" in csv_head and "like@10_ci95" in csv_head and "share/7" in csv_head
 
@@ -333,6 +338,28 @@ def test_table_matches_evaluations_by_reply_count_not_position() -> None:
     assert row["like@300"] == pytest.approx(0.85) and row["like@300_ci95"] > 0
     md = harness.table_markdown([row])
     assert "0.600 (n = 1)" in md and "0.850 +- " in md
+    assert (row["steps/interaction"], row["rows/interaction"]) == (None, None)  # nothing logged: "-"
+
+
+def test_tables_report_the_updates_compute_per_interaction_weighted_by_the_replies_between_evaluations() -> None:
+    """Each record holds its window's mean (session.py); a session's figure weighs the windows by their replies."""
+    results = _fake_results({"ddpo": [0.5, 0.6]})
+    for r, counts in zip(results, ([(4, 80), (4, 80)], [(2, 40), (8, 160)])):
+        r["records"].insert(1, {"replies": 100, "eval/like_rate_judge": 0.4, "eval/judge_confidence": 0.9})
+        for rec, (steps, rows) in zip(r["records"][1:], counts):
+            rec["compute/updates"], rec["compute/rows"] = steps, rows
+    assert [rec["replies"] for rec in results[1]["records"]] == [0, 100, 300]
+    assert evaluation.per_interaction(results[1]["records"], "compute/updates") == pytest.approx(
+        (2 * 100 + 8 * 200) / 300
+    )
+    assert evaluation.per_interaction(results[1]["records"], "compute/missing") is None
+    row = harness.table(results)[0]
+    assert row["steps/interaction"] == pytest.approx((4 + 6) / 2) and row["rows/interaction"] == pytest.approx(100)
+    assert "| 5.0 | 100 |" in harness.table_markdown([row])
+    suite = [{**r, "taste": "mnist-3", "group": "mnist", "collapse": [],
+              "metrics": {"like_rate": {"300": 0.5}, "replies_to_target": None, "shown_like_rate": 0.4,
+                          "judge_confidence": [0.9, 0.9], "relative_balance": None}} for r in results]  # fmt: skip
+    assert "5.0 optimizer steps, 100 (image, timestep) rows" in harness.suite_tables(suite)
 
 
 def test_suite_report_aggregates_groups_and_finds_the_worst_taste() -> None:

@@ -218,14 +218,15 @@ def test_config_rejects_bad_values_when_built(bad) -> None:
 
 def test_epapa_spends_half_of_papas_update_rows(tiny_unet) -> None:
     """The EPAPA default's update costs half of PAPA's once replay is on (the paper's compute saving)."""
-    rows = {}
+    rows, steps = {}, {}
     for name in ("papa", "epapa"):
         agent = PAPA(tiny_unet, replace(PRESETS[name], num_sampling_steps=2))
         replies = np.array([1, -1] * 5)
         for _ in range(2):  # the first interaction has nothing to replay yet
             stats = agent.learn(agent.propose(torch.Generator().manual_seed(0)), replies)
-        rows[name] = stats["compute/rows"]
+        rows[name], steps[name] = stats["compute/rows"], stats["compute/updates"]
     assert rows == {"papa": 256, "epapa": 128}
+    assert steps == {"papa": 2, "epapa": 4}  # (10 new + 22 replayed) x 4 timesteps a step; x 1 timestep
     assert "charts/reply_baseline" in stats  # epapa's reply term is baselined
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import ToyEval, bright_env
 
+from papa_env import evaluation
 from papa_env.agents.ddpo import DDPO, DDPOConfig
 from papa_env.agents.papa import PAPA, PAPAConfig
 from papa_env.checkpoint import load_state
@@ -152,6 +153,41 @@ def test_a_run_killed_during_an_evaluation_redoes_it_on_resume(tiny_unet, tmp_pa
     again = run_session(_agent(tiny_unet), bright_env(60), run, eval_every=20,
                         evaluator=_KilledAt(bright_env(60), 1), progress=False)  # fmt: skip
     assert again == resumed
+
+
+class _StepPerLike:
+    """PAPA whose update reports one optimizer step per like: a compute count that varies between interactions."""
+
+    def __init__(self, agent: PAPA) -> None:
+        self.agent = agent
+
+    def __getattr__(self, name: str):
+        return getattr(self.agent, name)
+
+    def learn(self, queries, replies) -> dict:
+        return {**self.agent.learn(queries, replies), "compute/updates": float((np.asarray(replies) == 1).sum())}
+
+
+def test_records_hold_the_compute_per_interaction_since_the_last_evaluation_also_across_a_resume(
+    tiny_unet, tmp_path
+) -> None:
+    def run(folder, **kw):
+        env = bright_env(60, threshold=-0.08)  # about the median brightness of the tiny UNet's samples
+        return run_session(_StepPerLike(_agent(tiny_unet)), env, folder, eval_every=20, evaluator=ToyEval(env),
+                           progress=False, **kw)  # fmt: skip
+
+    straight = run(tmp_path / "a")
+    likes = (np.array(_replies(tmp_path / "a")) == 1).sum(1)  # per interaction (10 replies each)
+    assert likes.sum() > 0 and len(set(likes.tolist())) > 1  # the count varies: a mean differs from the last one
+    assert [r.get("compute/updates") for r in straight] == [None, *(likes.reshape(3, 2).mean(1)).tolist()]
+    assert all(r["compute/rows"] == 160 for r in straight[1:])  # 10 queries x 16 timesteps, one step each
+    assert evaluation.per_interaction(straight, "compute/updates") == round(likes.mean(), 2)  # the session's
+    run(tmp_path / "b", stop_after_steps=3)  # killed in the middle of the second window
+
+    def untimed(records):
+        return [{k: v for k, v in r.items() if not k.startswith("charts/seconds")} for r in records]
+
+    assert untimed(run(tmp_path / "b")) == untimed(straight)
 
 
 def test_in_session_like_rate_is_the_liked_share_of_everything_shown(tiny_unet, tmp_path) -> None:
