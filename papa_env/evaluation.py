@@ -234,7 +234,7 @@ def session_metrics(
 def per_interaction(records: list[dict], key: str) -> float | None:
     """A session's mean of ``key`` per interaction (``compute/updates``: optimizer steps; ``compute/rows``: the
     (image, timestep) rows backpropagated through the UNet): each record holds its mean over the interactions since
-    the one before (:class:`papa_env.session`), weighted here by the replies between them. None if never logged.
+    the one before (:mod:`papa_env.session`), weighted here by the replies between them. None if never logged.
     Records written before 2026-12-07 hold the last interaction's count instead: the same for a constant schedule."""
     pairs = [(r["replies"] - prev["replies"], r[key]) for prev, r in zip(records, records[1:]) if key in r]
     weight = sum(w for w, _ in pairs)
