@@ -87,9 +87,9 @@ def check_sessions(folder: str, base_samples: int, truth_samples: int = 1000) ->
     from papa_env.evaluation import Evaluator, base_class_shares
     from papa_env.metrics import judge
     from papa_env.models import load_pretrained
-    from papa_env.suite import make_suite, quick_suite
+    from papa_env.suite import liked_by_taste
 
-    liked = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+    liked = liked_by_taste()
     shares_of = lambda labels: np.bincount(labels, minlength=10)[:10] / len(labels)  # noqa: E731
     refs, rows = {}, []
     for model in sorted(Path(folder).glob("*/*/model.safetensors")):

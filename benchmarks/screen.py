@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from papa_env.evaluation import confidence_start
+
 Key = tuple[str, int]
 
 
@@ -64,8 +66,6 @@ def summary(sessions: list[dict]) -> dict:
     at300 = {t: mean(v) for t, v in per_taste.items() if mean(v) is not None}
     balances = [x["relative_balance"] for x in m if x.get("relative_balance") is not None]
     reached = sorted(np.inf if x.get("replies_to_target") is None else x["replies_to_target"] for x in m)
-    from papa_env.evaluation import confidence_start
-
     return {
         "sessions": len(sessions),
         **{f"like@{c}": mean(x["like_rate"].get(str(c)) for x in m) for c in (100, 200, 300)},
@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> str:
     arms = load_arms(a.results)
     if a.base_reference:
         from papa_env.harness import base_references, rescore
-        from papa_env.suite import make_suite, quick_suite
+        from papa_env.suite import liked_by_taste
 
-        liked = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+        liked = liked_by_taste()
         results = [r for sessions in arms.values() for r in sessions.values()]
         refs = base_references(results, a.base_reference, Path(a.cache))
         rescore(results, liked, refs, f"{a.base_reference} base samples")

@@ -917,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """``papa bench``: run the comparison and write its tables; returns the table rows (``[]`` with --suite)."""
-    from papa_env.suite import make_suite, quick_suite
+    from papa_env.suite import liked_by_taste, make_suite, quick_suite
 
     p = build_parser()
     a = p.parse_args(argv)
@@ -992,7 +992,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     done = run_many(todo, root, a.workers, a.backend, a.address, a.threads)
     results = _ordered([*reused, *done])
     if a.suite:  # every session scored by today's metrics, the balance against the base's shares on many samples
-        liked = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+        liked = liked_by_taste()
         refs = base_references(results, a.balance_reference, root) if a.balance_reference else None
         rescore(results, liked, refs, f"{a.balance_reference} base samples")
     rows = write_outputs(results, root, tag, suite=bool(a.suite))

@@ -182,6 +182,12 @@ def run_session(
     return run.records
 
 
+def _window() -> dict[str, Any]:
+    """What an evaluation window collects: each interaction's seconds, the last update's stats, the summed compute
+    counts and how many updates were learned."""
+    return {"samples": [], "learns": [], "stats": {}, "compute": {}, "learned": 0}
+
+
 class _Run:
     """One session's state and its steps (what :func:`run_session` runs)."""
 
@@ -197,7 +203,7 @@ class _Run:
         # what the next evaluation record carries besides its metrics: the last update's stats and reply reward,
         # and the seconds and compute counts of each interaction since the last evaluation (checkpointed: a late
         # evaluation has them)
-        self.since_eval: dict[str, Any] = {"samples": [], "learns": [], "stats": {}, "compute": {}, "learned": 0}
+        self.since_eval: dict[str, Any] = _window()
 
     def start(self, seed: int, eval_every: int) -> None:
         """Reset, then resume the folder's session or start one (its evaluation before any reply, a checkpoint)."""
@@ -303,7 +309,7 @@ class _Run:
         learned = self.since_eval.get("learned", 0)  # 0 in a checkpoint from before compute was summed
         compute = {key: v / learned for key, v in self.since_eval.get("compute", {}).items()} if learned else {}
         self.record(*self.evaluator(self.agent), {**self.since_eval["stats"], **compute, **timing})
-        self.since_eval = {"samples": [], "learns": [], "stats": {}, "compute": {}, "learned": 0}
+        self.since_eval = _window()
         self.checkpoint()
 
     def note(self, reward: float, stats: dict[str, float]) -> None:

@@ -120,6 +120,12 @@ def _draw(rng: np.random.Generator, taken: set, styles: list[str] | None) -> lis
     return tastes
 
 
+def liked_by_taste() -> dict[str, tuple[int, ...] | None]:
+    """Every suite taste's liked classes by its name (both halves; None for tastes not made of classes): what a
+    session's results are scored again with (:func:`papa_env.harness.rescore`)."""
+    return {t.name: t.liked for t in [*make_suite("tuning"), *make_suite("held-out")]}
+
+
 def quick_suite() -> list[Taste]:
     """Three tastes of the tuning half (a digit set, a style, a noisy user): what ``--quick`` runs."""
     tuning = make_suite("tuning")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from papa_env.harness import rescore
-from papa_env.suite import make_suite, quick_suite
+from papa_env.suite import liked_by_taste
 
 # the screens run against today's default (the lab log's table at a glance); the others were paired with earlier ones
 AGAINST_TODAY = (
@@ -31,7 +31,7 @@ AGAINST_TODAY = (
     "reward_filter_strata_prior2", "proportional", "filter_queries", "reward_filter_strata_prior2_optimism1",
     "reward_filter_gate_filter_queries", "base_backfill_mass",
 )  # fmt: skip
-LIKED = {t.name: t.liked for t in [*quick_suite(), *make_suite("tuning"), *make_suite("held-out")]}
+LIKED = liked_by_taste()
 
 
 def mean_balance(results: list[dict]) -> float:
