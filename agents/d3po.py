@@ -145,17 +145,14 @@ class D3PO(TrajectoryAgent):
     def _step(self, pair: Trajectory, steps: list[int]) -> float:
         """One AdamW step on one pair (winner first), the loss accumulated over its stochastic steps."""
         self.opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for j in steps:
-            log_prob = trajectory_log_probs(self.unet, pair, j, self.cfg.eta)
-            with torch.no_grad():
-                ref = trajectory_log_probs(self.ref, pair, j, self.cfg.eta)
-            loss = d3po_loss(log_prob[:1], ref[:1], log_prob[1:], ref[1:], self.cfg.beta, self.cfg.eps).mean()
-            (loss / len(steps)).backward()
-            total += loss.item() / len(steps)
+        log_prob = trajectory_log_probs(self.unet, pair, steps, self.cfg.eta)  # (S, 2): all steps in one UNet call
+        with torch.no_grad():
+            ref = trajectory_log_probs(self.ref, pair, steps, self.cfg.eta)
+        loss = d3po_loss(log_prob[:, :1], ref[:, :1], log_prob[:, 1:], ref[:, 1:], self.cfg.beta, self.cfg.eps).mean()
+        loss.backward()  # the mean over steps: the reference's per-step losses / S accumulated
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        return total
+        return loss.item()
 
     def state_dict(self) -> dict[str, Any]:
         buffer = [p._asdict() for p in self.buffer]

@@ -76,10 +76,10 @@ class DDPOConfig:
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):
-    """PPO-clip loss of one step for a batch, and its stats.
+    """PPO-clip loss, the mean over a batch of trajectories (and of steps, given (S, B) log-probs), and its stats.
 
     Args:
-        log_prob: (B,) under the current model (differentiable); old_log_prob: (B,) when sampled.
+        log_prob: (B,) or (S, B) under the current model (differentiable); old_log_prob: the same when sampled.
         advantages: (B,) normalised rewards.
     """
     ratio = torch.exp(log_prob - old_log_prob)
@@ -122,20 +122,21 @@ def ddpo_update(
             idx = order[start : start + cfg.train_batch_size]
             batch = traj.select(idx)
             opt.zero_grad(set_to_none=True)
-            for j in steps:
-                log_prob, mean, std = trajectory_log_probs(unet, batch, j, cfg.eta, with_mean=True)
-                loss, s = ddpo_loss(log_prob, batch.log_probs[j], adv[idx], cfg.clip_range)
-                if cfg.kl_coef and base is not None:
-                    with torch.no_grad():
-                        _, base_mean, _ = trajectory_log_probs(base, batch, j, cfg.eta, with_mean=True)
-                    kl = (((mean - base_mean) ** 2).mean((1, 2, 3)) / (2 * std**2)).mean()
-                    loss = loss + cfg.kl_coef * kl
-                    stats["charts/kl_to_base"] += float(kl.detach())
-                (loss / len(steps)).backward()
-                stats["losses/policy"] += loss.item()
-                stats["charts/approx_kl"] += s["approx_kl"]
-                stats["charts/clipfrac"] += s["clipfrac"]
-                n_terms += 1
+            # every stochastic step of the minibatch in one UNet call: (S, B) log-probs; the loss is the mean over
+            # steps and trajectories, the reference's accumulation of the per-step losses / S in one backward
+            log_prob, mean, std = trajectory_log_probs(unet, batch, steps, cfg.eta, with_mean=True)
+            loss, s = ddpo_loss(log_prob, batch.log_probs[steps], adv[idx], cfg.clip_range)
+            if cfg.kl_coef and base is not None:
+                with torch.no_grad():
+                    _, base_mean, _ = trajectory_log_probs(base, batch, steps, cfg.eta, with_mean=True)
+                kl = (((mean - base_mean) ** 2).mean((2, 3, 4)) / (2 * std[:, None] ** 2)).mean()
+                loss = loss + cfg.kl_coef * kl
+                stats["charts/kl_to_base"] += float(kl.detach())
+            loss.backward()
+            stats["losses/policy"] += loss.item()
+            stats["charts/approx_kl"] += s["approx_kl"]
+            stats["charts/clipfrac"] += s["clipfrac"]
+            n_terms += 1
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
             opt.step()
             updates += 1

@@ -551,7 +551,7 @@ class SwitchedUNet(torch.nn.Module):
 def trajectory_log_probs(
     unet: torch.nn.Module,
     traj: Trajectory,
-    step: int,
+    step: int | list[int],
     eta: float = DEFAULT_ETA,
     with_mean: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -560,13 +560,27 @@ def trajectory_log_probs(
     The policy-gradient baselines (DDPO, D3PO) re-evaluate the sampled actions under the current (or the
     reference) model with this; at the sampling model's own weights it equals ``traj.log_probs[step]``. With
     ``with_mean``: (log_prob, the step's Gaussian mean (B, C, H, W), its std), for a KL between two models' steps.
+
+    ``step`` a list of S steps: all of them in one UNet call of S x B rows (the same values as one call per step,
+    up to float rounding; ~2x faster on a CPU than S calls of B rows), returned stacked: log-probs (S, B), means
+    (S, B, C, H, W), stds (S,).
     """
+    steps = [int(j) for j in step] if isinstance(step, (list, tuple, range)) else [int(step)]
+    if not steps:
+        raise ValueError("trajectory_log_probs needs at least one step")
     sched = make_sampling_scheduler("ddim", len(traj.timesteps))
-    t = traj.timesteps[step]
-    x_t = traj.latents[step]
-    eps = unet(x_t, t.expand(len(x_t))).sample
-    _, log_prob, _ = ddim_step_with_logprob(sched, eps, t, x_t, eta, prev_sample=traj.latents[step + 1])
+    t, x_t = traj.timesteps[steps], traj.latents[steps]  # (S,), (S, B, C, H, W)
+    eps = unet(x_t.flatten(0, 1), t.repeat_interleave(x_t.shape[1])).sample.view_as(x_t)
+    log_probs, means, stds = [], [], []
+    for i, j in enumerate(steps):
+        _, log_prob, _ = ddim_step_with_logprob(sched, eps[i], t[i], x_t[i], eta, prev_sample=traj.latents[j + 1])
+        log_probs.append(log_prob)
+        if with_mean:
+            mean, std = ddim_mean_std(sched, eps[i], t[i], x_t[i], eta)
+            means.append(mean)
+            stds.append(torch.as_tensor(std, dtype=x_t.dtype))
+    if not isinstance(step, (list, tuple, range)):
+        return (log_probs[0], means[0], stds[0]) if with_mean else log_probs[0]
     if not with_mean:
-        return log_prob
-    mean, std = ddim_mean_std(sched, eps, t, x_t, eta)
-    return log_prob, mean, std
+        return torch.stack(log_probs)
+    return torch.stack(log_probs), torch.stack(means), torch.stack(stds)

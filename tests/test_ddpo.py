@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from papa_env.agents.d3po import D3PO, D3POConfig
-from papa_env.agents.ddpo import DDPO, DDPOConfig, advantages_from_replies, ddpo_loss
-from papa_env.diffusion import trajectory_log_probs
+from papa_env.agents.d3po import D3PO, D3POConfig, d3po_loss
+from papa_env.agents.ddpo import DDPO, DDPOConfig, advantages_from_replies, ddpo_loss, ddpo_update
+from papa_env.diffusion import sample_trajectory, trajectory_log_probs
 
 
 def test_ddpo_loss_hand_computed() -> None:
@@ -83,3 +84,60 @@ def test_restored_proposal_learns_exactly_like_the_original(tiny_unet, cls) -> N
 def test_bad_configs_are_refused_when_built(cls, bad) -> None:
     with pytest.raises(ValueError):
         cls(**bad)
+
+
+def _perturbed(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``unet`` nudged off it (so the ratios to its trajectories are not 1 and the clip can act)."""
+    out = copy.deepcopy(unet).requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return out
+
+
+def _grads(unet: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in unet.parameters()]
+
+
+def test_ddpo_update_takes_the_gradient_of_the_reference_s_per_step_accumulation(tiny_unet) -> None:
+    """All steps in one UNet call (ddpo_update) give the gradient of the reference's loop: each stochastic step's
+    PPO-clip loss (+ its KL to the base) / S backpropagated on its own and accumulated."""
+    cfg = DDPOConfig(queries_per_step=3, num_sampling_steps=5, train_batch_size=3, kl_coef=0.5, grad_clip=1e9)
+    traj = sample_trajectory(tiny_unet, 3, num_steps=5, generator=torch.Generator().manual_seed(0))
+    adv = advantages_from_replies(np.array([1, -1, 1]))
+    unet = _perturbed(tiny_unet, 1)
+    reference = copy.deepcopy(unet)
+    stats = ddpo_update(unet, torch.optim.Adam(unet.parameters(), lr=1e-3), traj, adv, cfg,
+                        torch.Generator().manual_seed(0), base=tiny_unet)  # fmt: skip
+    steps = [j for j in range(5) if traj.stochastic[j]]
+    clipfrac = 0.0
+    for j in steps:
+        log_prob, mean, std = trajectory_log_probs(reference, traj, j, cfg.eta, with_mean=True)
+        loss, s = ddpo_loss(log_prob, traj.log_probs[j], adv, cfg.clip_range)
+        with torch.no_grad():
+            _, base_mean, _ = trajectory_log_probs(tiny_unet, traj, j, cfg.eta, with_mean=True)
+        kl = (((mean - base_mean) ** 2).mean((1, 2, 3)) / (2 * std**2)).mean()
+        ((loss + cfg.kl_coef * kl) / len(steps)).backward()
+        clipfrac += s["clipfrac"] / len(steps)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(_grads(unet), _grads(reference)))
+    assert stats["charts/clipfrac"] == pytest.approx(clipfrac) and clipfrac > 0  # the clip acted on some rows
+
+
+def test_d3po_step_takes_the_gradient_of_the_reference_s_per_step_accumulation(tiny_unet) -> None:
+    agent = D3PO(tiny_unet, D3POConfig(num_sampling_steps=5, grad_clip=1e9))
+    agent.unet = _perturbed(tiny_unet, 2)
+    agent.opt = torch.optim.AdamW(agent.unet.parameters(), lr=1e-3)
+    reference = copy.deepcopy(agent.unet)
+    pair = sample_trajectory(tiny_unet, 2, num_steps=5, generator=torch.Generator().manual_seed(3))
+    steps = [j for j in range(5) if pair.stochastic[j]]
+    loss = agent._step(pair, steps)
+    total = 0.0
+    for j in steps:
+        log_prob = trajectory_log_probs(reference, pair, j)
+        ref = trajectory_log_probs(tiny_unet, pair, j).detach()
+        step_loss = d3po_loss(log_prob[:1], ref[:1], log_prob[1:], ref[1:], agent.cfg.beta, agent.cfg.eps).mean()
+        (step_loss / len(steps)).backward()
+        total += step_loss.item() / len(steps)
+    assert loss == pytest.approx(total) and sum(float(g.abs().sum()) for g in _grads(reference)) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(_grads(agent.unet), _grads(reference)))

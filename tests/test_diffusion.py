@@ -292,6 +292,23 @@ def test_trajectory_log_probs_recompute_the_sampled_ones(tiny_unet) -> None:
     assert not torch.allclose(trajectory_log_probs(other, traj, 0), traj.log_probs[0])
 
 
+def test_trajectory_log_probs_of_many_steps_in_one_call_equal_one_call_per_step(tiny_unet) -> None:
+    from papa_env.diffusion import sample_trajectory, trajectory_log_probs
+
+    traj = sample_trajectory(tiny_unet, 3, num_steps=6, generator=torch.Generator().manual_seed(2))
+    other = make_unet_like(tiny_unet)  # not the sampling model: the log-probs are not the stored ones
+    steps = [4, 0, 2]  # any order, a subset
+    log_probs, means, stds = trajectory_log_probs(other, traj, steps, with_mean=True)
+    assert log_probs.shape == (3, 3) and means.shape == (3, 3, 1, 28, 28) and stds.shape == (3,)
+    for i, j in enumerate(steps):
+        log_prob, mean, std = trajectory_log_probs(other, traj, j, with_mean=True)
+        assert torch.allclose(log_probs[i], log_prob, atol=1e-5) and torch.allclose(means[i], mean, atol=1e-5)
+        assert float(stds[i]) == pytest.approx(float(std))
+    assert torch.allclose(trajectory_log_probs(tiny_unet, traj, range(6)), traj.log_probs, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one step"):
+        trajectory_log_probs(other, traj, [])
+
+
 def make_unet_like(unet):
     from papa_env.models import make_unet
 
