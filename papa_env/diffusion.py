@@ -551,7 +551,7 @@ class SwitchedUNet(torch.nn.Module):
 def trajectory_log_probs(
     unet: torch.nn.Module,
     traj: Trajectory,
-    step: int | list[int],
+    step: int | Sequence[int],
     eta: float = DEFAULT_ETA,
     with_mean: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -561,11 +561,12 @@ def trajectory_log_probs(
     reference) model with this; at the sampling model's own weights it equals ``traj.log_probs[step]``. With
     ``with_mean``: (log_prob, the step's Gaussian mean (B, C, H, W), its std), for a KL between two models' steps.
 
-    ``step`` a list of S steps: all of them in one UNet call of S x B rows (the same values as one call per step,
-    up to float rounding; ~2x faster on a CPU than S calls of B rows), returned stacked: log-probs (S, B), means
-    (S, B, C, H, W), stds (S,).
+    ``step`` a sequence of S steps: all of them in one UNet call of S x B rows (the same values as one call per
+    step, up to float rounding; DDPO's and D3PO's updates ran ~3.5x faster on a CPU than with S calls of B rows),
+    returned stacked: log-probs (S, B), means (S, B, C, H, W), stds (S,).
     """
-    steps = [int(j) for j in step] if isinstance(step, (list, tuple, range)) else [int(step)]
+    many = isinstance(step, Sequence)
+    steps = [int(j) for j in step] if many else [int(step)]
     if not steps:
         raise ValueError("trajectory_log_probs needs at least one step")
     sched = make_sampling_scheduler("ddim", len(traj.timesteps))
@@ -579,7 +580,7 @@ def trajectory_log_probs(
             mean, std = ddim_mean_std(sched, eps[i], t[i], x_t[i], eta)
             means.append(mean)
             stds.append(torch.as_tensor(std, dtype=x_t.dtype))
-    if not isinstance(step, (list, tuple, range)):
+    if not many:
         return (log_probs[0], means[0], stds[0]) if with_mean else log_probs[0]
     if not with_mean:
         return torch.stack(log_probs)
